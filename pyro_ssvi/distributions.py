@@ -1,0 +1,87 @@
+"""A Normal distribution restricted to a subset of its entries.
+
+:class:`MaskedNormal` is the guide distribution of one weight tensor under SSVI: active entries
+(``mask == True``) are ``Normal(loc, scale)``, inactive entries are exactly ``delta(0)``. Unlike
+``Normal(...).mask(m)`` (which only zeroes log-densities), its *samples* are zero at inactive
+entries too, and its KL divergence to a Normal prior is registered in closed form, so
+:class:`~pyro.infer.TraceMeanField_ELBO` never falls back to Monte Carlo for it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.distributions import Normal
+from torch import Tensor
+from torch.distributions import register_kl
+
+__all__ = ["MaskedNormal", "masked_normal_kl"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class MaskedNormal(Normal):
+    """``Normal(loc, scale)`` on the entries where ``mask`` is True and ``delta(0)`` elsewhere.
+
+    Inactive entries must hold finite ``loc``/``scale`` placeholders (``scale > 0``); they never
+    reach the output: samples are exactly 0 there and :meth:`log_prob`, :meth:`entropy` and the
+    KL divergence are exactly 0 there (a point mass has no density; these are the terms over
+    the active subspace, as in SSVI's eq. 3).
+
+    :param loc: means, any shape.
+    :param scale: standard deviations, broadcastable to ``loc``.
+    :param mask: bool tensor broadcastable to ``loc``; True marks active entries.
+    """
+
+    def __init__(self, loc: Tensor, scale: Tensor, mask: Tensor, validate_args=None):
+        super().__init__(loc, scale, validate_args=validate_args)
+        self.mask = mask.expand(self.batch_shape) if mask.shape != self.batch_shape else mask
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return MaskedNormal(
+            self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.mask.expand(batch_shape)
+        )
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc * self.mask
+
+    @property
+    def variance(self) -> Tensor:
+        return self.scale.pow(2) * self.mask
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        # Multiplying by the mask (rather than masking only log_prob, as .mask() does) is what
+        # makes inactive weights exactly zero.
+        return super().rsample(sample_shape) * self.mask
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return torch.where(self.mask, super().log_prob(value), 0.0)
+
+    def entropy(self) -> Tensor:
+        return torch.where(self.mask, super().entropy(), 0.0)
+
+
+def masked_normal_kl(loc: Tensor, scale: Tensor, mask: Tensor, prior_loc, prior_scale) -> Tensor:
+    """Elementwise ``KL(N(loc, scale^2) || N(prior_loc, prior_scale^2))``, zero where ``~mask``.
+
+    ``log(s_p / s_q) + (s_q^2 + (m_q - m_p)^2) / (2 s_p^2) - 1/2`` in nats, same shape as ``loc``.
+    """
+    var_ratio = (scale / prior_scale).pow(2)
+    mahalanobis = ((loc - prior_loc) / prior_scale).pow(2)
+    kl = 0.5 * (var_ratio + mahalanobis - 1.0 - var_ratio.log())
+    return torch.where(mask, kl, 0.0)
+
+
+@register_kl(MaskedNormal, Normal)
+def _kl_masked_normal_normal(q: MaskedNormal, p: Normal) -> Tensor:
+    return masked_normal_kl(q.loc, q.scale, q.mask, p.loc, p.scale)
+
+
+@register_kl(MaskedNormal, MaskedNormal)
+def _kl_masked_normal_masked_normal(q: MaskedNormal, p: MaskedNormal) -> Tensor:
+    # The prior is masked to q's support by SSVI (see handlers.mask_prior); only q's mask matters.
+    return masked_normal_kl(q.loc, q.scale, q.mask, p.loc, p.scale)
+

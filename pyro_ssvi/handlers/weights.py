@@ -1,0 +1,53 @@
+"""Handlers acting on the guide's weight draws: keep their gradients, or replace them by means."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from pyro.poutine.messenger import Messenger
+from torch import Tensor
+
+__all__ = ["RetainWeightGradsMessenger", "UseMeansMessenger", "use_means"]
+
+
+class RetainWeightGradsMessenger(Messenger):
+    """Keeps the drawn weight tensors of the listed sites and their gradients after backward.
+
+    Apply it to the guide. ``.values[name].grad`` is then the dense gradient of the loss with
+    respect to the weight *as used by the model*, inactive positions included: the quantity
+    SSVI's gradient-based addition criteria rank (section 3.3.2).
+    """
+
+    def __init__(self, sites) -> None:
+        super().__init__()
+        self.sites = sites
+        self.values: Dict[str, Tensor] = {}
+
+    def _pyro_post_sample(self, msg) -> None:
+        if msg["name"] in self.sites and not msg["is_observed"]:
+            value = msg["value"]
+            if value.requires_grad:
+                value.retain_grad()
+            self.values[msg["name"]] = value
+
+
+class UseMeansMessenger(Messenger):
+    """Sets each listed site's value to its distribution's mean instead of drawing it.
+
+    Apply it to the guide: the model then runs at theta = E_q[theta] (for MaskedNormal, the
+    masked means), which is SSVI's "grad_mean" addition criterion and the "mean" prediction mode.
+    """
+
+    def __init__(self, sites) -> None:
+        super().__init__()
+        self.sites = sites
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] in self.sites and not msg["is_observed"] and msg["value"] is None:
+            msg["value"] = msg["fn"].mean
+
+
+def use_means(fn=None, sites=()):
+    """Handler form of :class:`UseMeansMessenger`."""
+    msngr = UseMeansMessenger(sites)
+    return msngr(fn) if fn is not None else msngr

@@ -1,0 +1,236 @@
+"""SSVI: Pyro's SVI with a sparse guide whose support changes every ΔT steps (SSVI Algorithm 1)."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Set, Union
+
+import pyro.optim
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import SVI
+from pyro.infer.abstract_infer import TracePosterior
+from pyro.infer.elbo import ELBO
+from pyro.infer.util import zero_grads
+from torch import Tensor
+
+from .criteria import check_addition_criterion, get_removal_criterion
+from .errors import NonFiniteLossError, SSVIConfigError
+from .handlers import (
+    LRTMessenger,
+    MaskPriorMessenger,
+    RetainWeightGradsMessenger,
+    ScaleLatentsMessenger,
+    UseMeansMessenger,
+)
+from .schedule import SurgerySchedule, kl_weight
+from .surgery import optimizer_state_lookup, update_site
+
+__all__ = ["SSVI"]
+
+
+class SSVI(SVI):
+    """Stochastic variational inference on a sparse subspace that changes during training.
+
+    ``step(*args)`` computes the objective (SSVI eq. 3)::
+
+        loss = [ -E_q log p(y | theta) + beta_t * KL(q || p) ] / num_data
+
+    (KL over active entries only; the ``/ num_data`` only when ``num_data`` is given) with
+    ``loss``'s estimator (``Trace_ELBO``: Monte Carlo KL; ``TraceMeanField_ELBO``: closed form),
+    takes an optimizer step and returns the loss as a float, like :meth:`pyro.infer.SVI.step`.
+    Every ``update_interval`` steps until ``update_end``, instead of an optimizer step it runs
+    the model at sampled weights, ranks them, and moves ``r_t`` of each sparse site's active
+    entries elsewhere (see :mod:`pyro_ssvi.surgery`). Without ``num_steps`` the drop fraction
+    stays at ``drop_fraction`` and updates never stop, unless ``update_end`` is a step count.
+
+    :param model: Pyro model, e.g. from :mod:`pyro_ssvi.models`.
+    :param guide: a :class:`~pyro_ssvi.guides.MaskedAutoNormal` of the model.
+    :param optim: a ``pyro.optim.PyroOptim`` (e.g. ``pyro.optim.SGD({...})``) or a
+        ``torch.optim.Optimizer`` built over ``guide.parameters()`` and the model's parameters
+        (set the guide up first with ``guide(*args)``); the latter steps all tensors at once.
+    :param loss: a Pyro ELBO (``Trace_ELBO()`` or ``TraceMeanField_ELBO()``).
+    :param num_steps: total number of steps (for the cosine drop fraction and the KL warm-up).
+    :param update_interval: ΔT in steps. :param drop_fraction: α.
+    :param update_end: fraction of ``num_steps`` (float) or step (int) after which masks stay.
+    :param removal: removal criterion name (:data:`pyro_ssvi.criteria.REMOVAL_CRITERIA`).
+    :param addition: ``"grad"`` (|dL/dtheta| at one draw), ``"grad_mean"`` (at theta = mu) or
+        ``"grad_mc"`` (|mean gradient| over ``addition_samples`` draws).
+    :param sigma_init: sigma of regrown entries: ``"mean"`` (the site's mean active sigma) or a float.
+    :param kl_max: final KL weight beta (the paper's code: 0.01; 1.0 is the exact ELBO).
+    :param kl_warmup: fraction of ``num_steps`` over which beta rises linearly from 0 (0: none).
+    :param num_data: data-set size N; if given the loss is divided by it (per-datapoint loss,
+        so the paper's learning rates apply). The model's plate must already scale the
+        minibatch likelihood to N.
+    :param lrt: compute layers by local reparameterization on ordinary steps.
+    """
+
+    def __init__(
+        self,
+        model,
+        guide,
+        optim,
+        loss: ELBO,
+        *,
+        num_steps: Optional[int] = None,
+        update_interval: int = 100,
+        drop_fraction: float = 0.3,
+        update_end: Union[float, int] = 0.75,
+        removal: str = "snr_abs",
+        addition: str = "grad",
+        addition_samples: int = 4,
+        sigma_init: Union[str, float] = "mean",
+        kl_max: float = 0.01,
+        kl_warmup: float = 0.5,
+        num_data: Optional[int] = None,
+        lrt: bool = True,
+    ) -> None:
+        if not isinstance(loss, ELBO):
+            raise SSVIConfigError(f"loss must be a Pyro ELBO such as Trace_ELBO(), got {type(loss).__name__}")
+        if not isinstance(optim, (pyro.optim.PyroOptim, torch.optim.Optimizer)):
+            raise SSVIConfigError(
+                f"optim must be a pyro.optim optimizer (e.g. pyro.optim.SGD({{'lr': 0.01}})) or a "
+                f"torch.optim.Optimizer, got {type(optim).__name__}"
+            )
+        for attr in ("sites", "masks", "site_params", "moments"):
+            if not hasattr(guide, attr):
+                raise SSVIConfigError(f"SSVI needs a MaskedAutoNormal guide; {type(guide).__name__} has no {attr!r}")
+        if not (sigma_init == "mean" or (isinstance(sigma_init, (int, float)) and sigma_init > 0)):
+            raise SSVIConfigError(f"sigma_init must be 'mean' or a positive float, got {sigma_init!r}")
+        if kl_max < 0 or not 0 <= kl_warmup <= 1:
+            raise SSVIConfigError(f"need kl_max >= 0 and kl_warmup in [0, 1], got {kl_max}, {kl_warmup}")
+        if num_data is not None and (not isinstance(num_data, int) or num_data < 1):
+            raise SSVIConfigError(f"num_data must be a positive int (the data-set size) or None, got {num_data!r}")
+        if not isinstance(addition_samples, int) or addition_samples < 1:
+            raise SSVIConfigError(f"addition_samples must be an int >= 1, got {addition_samples!r}")
+        # SVI.__init__ insists on a PyroOptim; set up the same attributes without it.
+        TracePosterior.__init__(self)
+        self.model, self.guide, self.optim = model, guide, optim
+        self.num_samples = 0
+        self.loss, self.loss_and_grads = loss.loss, loss.loss_and_grads
+        self.num_steps = num_steps
+        self.schedule = SurgerySchedule(update_interval, drop_fraction, update_end, num_steps)
+        self.removal = get_removal_criterion(removal)
+        self.addition = check_addition_criterion(addition)
+        self.addition_samples = addition_samples if addition == "grad_mc" else 1
+        self.sigma_init = sigma_init
+        self.kl_max, self.kl_warmup = float(kl_max), float(kl_warmup)
+        self.num_data = num_data
+        self.use_lrt = lrt
+        self.step_count = 0
+        self.surgery_log: List[dict] = []
+        self._state_lookup = optimizer_state_lookup(optim)
+
+        # One messenger instance each, reused every step; model and guide run one after the other.
+        self._beta = ScaleLatentsMessenger(1.0)
+        normalize = poutine.scale(scale=1.0 / num_data) if num_data else (lambda fn: fn)
+        model_sampled = normalize(self._beta(MaskPriorMessenger(guide)(model)))
+        self._model_sampled = model_sampled
+        self._model_lrt = normalize(self._beta(MaskPriorMessenger(guide)(LRTMessenger(guide)(model))))
+        self._guide = normalize(self._beta(guide))
+
+    # ------------------------------------------------------------------ schedule
+    def kl_weight(self, step: Optional[int] = None) -> float:
+        """β at ``step`` (default: the next step)."""
+        step = self.step_count if step is None else step
+        return kl_weight(step, self.kl_max, self.kl_warmup, self.num_steps)
+
+    def drop_fraction(self, step: Optional[int] = None) -> float:
+        """r_t at ``step`` (default: the next step)."""
+        return self.schedule.drop_fraction_at(self.step_count if step is None else step)
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, *args, **kwargs) -> float:
+        t = self.step_count
+        self._beta.beta = self.kl_weight(t)
+        if self.schedule.is_update_step(t) and any(info.sparse for info in self.guide.sites.values()):
+            loss = self._surgery_step(t, args, kwargs)
+        else:
+            loss = self._gradient_step(t, args, kwargs)
+        self.step_count += 1
+        return loss
+
+    def evaluate_loss(self, *args, **kwargs) -> float:
+        """The loss at the current β without any update (no gradients)."""
+        self._beta.beta = self.kl_weight()
+        with torch.no_grad():
+            model = self._model_lrt if self.use_lrt else self._model_sampled
+            return float(self.loss(model, self._guide, *args, **kwargs))
+
+    def _gradient_step(self, t: int, args, kwargs) -> float:
+        model = self._model_lrt if self.use_lrt else self._model_sampled
+        with poutine.trace(param_only=True) as capture:
+            loss = self.loss_and_grads(model, self._guide, *args, **kwargs)
+        params = self._params(capture.trace)
+        self._check_finite(loss, t, params)
+        if isinstance(self.optim, torch.optim.Optimizer):
+            self.optim.step()
+        else:
+            self.optim(params)
+        zero_grads(params)
+        return float(loss)
+
+    def _surgery_step(self, t: int, args, kwargs) -> float:
+        """Loss and dense weight gradients at sampled (or mean) weights, then drop/grow; no optimizer step."""
+        sparse = [name for name, info in self.guide.sites.items() if info.sparse]
+        retain = RetainWeightGradsMessenger(sparse)
+        guide = retain(self._guide)
+        if self.addition == "grad_mean":
+            guide = UseMeansMessenger(sparse)(guide)
+        total_loss, grad_sums = 0.0, {}
+        for _ in range(self.addition_samples):
+            with poutine.trace(param_only=True) as capture:
+                loss = self.loss_and_grads(self._model_sampled, guide, *args, **kwargs)
+            params = self._params(capture.trace)
+            self._check_finite(loss, t, params)
+            total_loss += float(loss)
+            for name, value in retain.values.items():
+                grad = value.grad if value.grad is not None else torch.zeros_like(value)
+                grad_sums[name] = grad_sums.get(name, 0) + grad.detach()
+        zero_grads(params)
+        scores = {name: (g / self.addition_samples).abs() for name, g in grad_sums.items()}
+        self.apply_surgery(t, scores)
+        return total_loss / self.addition_samples
+
+    @torch.no_grad()
+    def apply_surgery(self, t: int, addition_scores: Dict[str, Tensor]) -> dict:
+        """Drop/grow every sparse site given its addition scores; appends to ``surgery_log``."""
+        r_t = self.schedule.drop_fraction_at(t)
+        record = {"step": t, "drop_fraction": r_t, "sites": {}}
+        for name, info in self.guide.sites.items():
+            if not info.sparse:
+                continue
+            k = min(round(r_t * info.num_active), info.numel - info.num_active)
+            if k > 0:
+                loc, rho = self.guide.site_params(name)
+                update_site(
+                    loc, rho, self.guide.site_mask(name), self.removal(loc, F.softplus(rho)),
+                    addition_scores[name], k, self.sigma_init, self._state_lookup,
+                )
+            record["sites"][name] = {"removed": k, "added": k}
+        self.surgery_log.append(record)
+        return record
+
+    def _params(self, param_trace) -> List[Tensor]:
+        """Every tensor to optimize: captured ``pyro.param`` sites, the guide's and the model's
+        parameters (ours bypass the global param store), deduplicated by identity."""
+        seen: Set[int] = set()
+        params = []
+        candidates = [site["value"].unconstrained() for site in param_trace.nodes.values()]
+        candidates += list(self.guide.parameters())
+        if isinstance(self.model, torch.nn.Module):
+            candidates += list(self.model.parameters())
+        for p in candidates:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+        return params
+
+    def _check_finite(self, loss, t: int, params) -> None:
+        if not math.isfinite(float(loss)):
+            zero_grads(params)
+            raise NonFiniteLossError(
+                f"SSVI step {t}: the loss is {float(loss)}; no parameter or mask was changed. "
+                "Lower the learning rate, pass num_data=N for a per-datapoint loss, or check the data."
+            )
