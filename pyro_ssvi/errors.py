@@ -19,3 +19,7 @@ class SSVIDataError(SSVIError, RuntimeError):
 
 class SSVIDataNotFoundError(SSVIDataError, FileNotFoundError):
     """A data file or folder does not exist; the message names the path and the expected layout."""
+
+
+class SSVICheckpointError(SSVIError, RuntimeError):
+    """A checkpoint file is missing, truncated, foreign or from an incompatible version; the message names the path."""
