@@ -1,0 +1,142 @@
+"""Mask surgery over 300 SSVI steps of a small CNN, and the addition scores against plain autograd."""
+
+import math
+
+import pyro
+import pyro.optim
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+
+import pyro_ssvi.svi
+from pyro_ssvi import SSVI, MaskedAutoNormal, models
+from pyro_ssvi.criteria import snr_abs
+from pyro_ssvi.handlers import RetainWeightGradsMessenger
+
+from helpers import digits_split, small_cnn
+
+STEPS, INTERVAL, ALPHA, END = 300, 20, 0.3, 0.75
+
+
+def _optimizer(kind, guide, model):
+    if kind == "pyro":
+        return pyro.optim.SGD({"lr": 0.05, "momentum": 0.9})
+    # As in the paper: weight decay on means and point estimates, none on sigma (weight decay
+    # on rho would move inactive placeholders and fill their momentum).
+    locs = [guide.site_params(n)[0] for n in guide.sites]
+    rhos = [guide.site_params(n)[1] for n in guide.sites]
+    return torch.optim.SGD([{"params": locs + list(model.parameters()), "weight_decay": 5e-4},
+                            {"params": rhos, "weight_decay": 0.0}], lr=0.05, momentum=0.9)
+
+
+def _momentum_buffers(svi, param):
+    state = svi._state_lookup(param)
+    return [v for v in (state or {}).values() if torch.is_tensor(v) and v.shape == param.shape]
+
+
+# 300 steps with a torch optimizer; the pyro.optim path (one optimizer per tensor) for 100.
+@pytest.mark.parametrize("optim_kind,steps", [("torch", STEPS), ("pyro", 100)])
+def test_300_steps_keep_every_invariant(optim_kind, steps):
+    xtr, ytr, _, _ = digits_split()
+    x, y = xtr.view(-1, 1, 8, 8)[:512], ytr[:512]
+    model = small_cnn(num_data=len(x))
+    guide = MaskedAutoNormal(model, sparsity=0.8, seed=0)
+    guide(x[:2], y[:2])
+    svi = SSVI(model, guide, _optimizer(optim_kind, guide, model), TraceMeanField_ELBO(), num_steps=steps,
+               update_interval=INTERVAL, drop_fraction=ALPHA, update_end=END, num_data=len(x))
+    sparse = [n for n, info in guide.sites.items() if info.sparse]
+    assert sparse == ["0.weight", "2.weight", "5.weight"]
+    t_end = int(END * steps)
+    updates = 0
+    for t in range(steps):
+        idx = torch.randint(0, len(x), (64,))
+        before = {n: (guide.site_mask(n).clone(), guide.site_params(n)[1].detach().clone(),
+                      guide.site_params(n)[0].detach().clone()) for n in sparse}
+        svi.step(x[idx], y[idx])
+        is_update = t > 0 and t % INTERVAL == 0 and t < t_end
+        for name in sparse:
+            info = guide.sites[name]
+            mask = guide.site_mask(name)
+            loc, rho = guide.site_params(name)
+            assert int(mask.sum()) == info.num_active == round(0.2 * info.numel)
+            assert (loc[~mask] == 0).all()
+            for param in (loc, rho):
+                for buf in _momentum_buffers(svi, param):
+                    assert (buf[~mask] == 0).all()
+            if not is_update:
+                assert torch.equal(mask, before[name][0])
+                continue
+            old_mask, old_rho, old_loc = before[name]
+            removed, added = old_mask & ~mask, mask & ~old_mask
+            k = round(ALPHA / 2 * (1 + math.cos(math.pi * t / t_end)) * info.num_active)
+            assert int(removed.sum()) == int(added.sum()) == k
+            # The removed entries are those of lowest snr_abs among the active ones.
+            score = snr_abs(old_loc, F.softplus(old_rho))
+            kept = old_mask & mask
+            if k:
+                assert score[removed].max() <= score[kept].min()
+                # Regrown: loc 0, sigma = mean sigma of the entries that stayed active.
+                expected_sigma = F.softplus(old_rho)[kept].mean()
+                assert torch.allclose(guide.scale(name)[added], expected_sigma.expand(k), rtol=1e-4)
+                assert (loc[added] == 0).all()
+                for buf in _momentum_buffers(svi, loc) + _momentum_buffers(svi, rho):
+                    assert (buf[added] == 0).all()
+        updates += is_update
+        record_steps = [r["step"] for r in svi.surgery_log]
+        assert record_steps == [s for s in range(1, t + 1) if s % INTERVAL == 0 and s < t_end]
+    assert updates == len(svi.surgery_log) == (t_end - 1) // INTERVAL
+    # Sampled weights are exactly zero at inactive entries.
+    draw = guide(x[:2])
+    for name in sparse:
+        assert (draw[name][~guide.site_mask(name)] == 0).all()
+        assert (draw[name][guide.site_mask(name)] != 0).all()
+
+
+def test_surgery_log_counts_match_drop_fraction():
+    model = models.mlp([8, 16, 4])
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    guide = MaskedAutoNormal(model, sparsity=0.5, seed=0)
+    svi = SSVI(model, guide, pyro.optim.SGD({"lr": 0.01}), TraceMeanField_ELBO(), update_interval=2)
+    for _ in range(5):
+        svi.step(x, y)
+    # No num_steps: r_t stays at alpha and surgery never stops.
+    assert [r["drop_fraction"] for r in svi.surgery_log] == [0.3, 0.3]
+    assert svi.surgery_log[0]["sites"]["1.weight"] == {"removed": round(0.3 * 64), "added": round(0.3 * 64)}
+
+
+@pytest.mark.parametrize("addition", ["grad", "grad_mean"])
+def test_addition_scores_equal_plain_autograd_gradient(addition, monkeypatch):
+    n = 200
+    model = models.mlp([6, 7, 3], prior_scale=0.5, num_data=n)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    guide = MaskedAutoNormal(model, sparsity=0.7, seed=0)
+    svi = SSVI(model, guide, pyro.optim.SGD({"lr": 0.01}), TraceMeanField_ELBO(), update_interval=1,
+               num_data=n, kl_max=0.3, kl_warmup=0.0, addition=addition)
+    svi.step(x, y)  # step 0: an ordinary step (sets the guide up)
+
+    captured = {}
+    monkeypatch.setattr(svi, "apply_surgery", lambda t, scores: captured.update(scores=scores))
+
+    class Recording(RetainWeightGradsMessenger):
+        def __init__(self, sites):
+            super().__init__(sites)
+            captured["weights"] = self.values
+
+    monkeypatch.setattr(pyro_ssvi.svi, "RetainWeightGradsMessenger", Recording)
+    svi.step(x, y)
+
+    # Plain PyTorch: the same weights as leaves, the same per-datapoint loss.
+    weights = {k: v.detach().clone().requires_grad_() for k, v in captured["weights"].items()}
+    if addition == "grad_mean":
+        for name in weights:
+            assert torch.equal(weights[name], guide.moments(name)[0].detach())
+    hidden = F.linear(x, weights["1.weight"], model.net[1].bias).relu()
+    logits = F.linear(hidden, weights["3.weight"], model.net[3].bias)
+    loss = F.cross_entropy(logits, y, reduction="mean")  # (N/B * sum NLL) / N; the KL has no theta
+    grads = torch.autograd.grad(loss, list(weights.values()))
+    for (name, _), grad in zip(weights.items(), grads):
+        assert torch.allclose(captured["scores"][name], grad.abs(), rtol=1e-5, atol=1e-9), name
+        # Dense: inactive positions get scores too.
+        assert (captured["scores"][name][~guide.site_mask(name)] > 0).any()
