@@ -9,7 +9,7 @@ import pyro.optim
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.infer import SVI
+from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.infer.abstract_infer import TracePosterior
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import zero_grads
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .criteria import check_addition_criterion, get_removal_criterion
 from .errors import NonFiniteLossError, SSVIConfigError
+from .objective import mean_field_loss
 from .handlers import (
     LRTMessenger,
     MaskPriorMessenger,
@@ -109,6 +110,10 @@ class SSVI(SVI):
         self.model, self.guide, self.optim = model, guide, optim
         self.num_samples = 0
         self.loss, self.loss_and_grads = loss.loss, loss.loss_and_grads
+        # The plain one-particle mean-field ELBO gets a lean, sync-free evaluation (same value
+        # and gradients; tests compare it with pyro.infer.SVI).
+        if type(loss) is TraceMeanField_ELBO and loss.num_particles == 1:
+            self.loss_and_grads = _backward_mean_field_loss
         self.num_steps = num_steps
         self.schedule = SurgerySchedule(update_interval, drop_fraction, update_end, num_steps)
         self.removal = get_removal_criterion(removal)
@@ -160,14 +165,20 @@ class SSVI(SVI):
 
     def _gradient_step(self, t: int, args, kwargs) -> float:
         model = self._model_lrt if self.use_lrt else self._model_sampled
+        if isinstance(self.optim, torch.optim.Optimizer):
+            # The optimizer owns its parameter list: no parameter trace needed.
+            loss = self.loss_and_grads(model, self._guide, *args, **kwargs)
+            if not math.isfinite(loss):
+                self.optim.zero_grad()
+                raise self._non_finite(loss, t)
+            self.optim.step()
+            self.optim.zero_grad()
+            return loss
         with poutine.trace(param_only=True) as capture:
             loss = self.loss_and_grads(model, self._guide, *args, **kwargs)
         params = self._params(capture.trace)
         self._check_finite(loss, t, params)
-        if isinstance(self.optim, torch.optim.Optimizer):
-            self.optim.step()
-        else:
-            self.optim(params)
+        self.optim(params)
         zero_grads(params)
         return float(loss)
 
@@ -230,7 +241,23 @@ class SSVI(SVI):
     def _check_finite(self, loss, t: int, params) -> None:
         if not math.isfinite(float(loss)):
             zero_grads(params)
-            raise NonFiniteLossError(
-                f"SSVI step {t}: the loss is {float(loss)}; no parameter or mask was changed. "
-                "Lower the learning rate, pass num_data=N for a per-datapoint loss, or check the data."
-            )
+            if isinstance(self.optim, torch.optim.Optimizer):
+                self.optim.zero_grad()
+            raise self._non_finite(loss, t)
+
+    @staticmethod
+    def _non_finite(loss, t: int) -> NonFiniteLossError:
+        return NonFiniteLossError(
+            f"SSVI step {t}: the loss is {float(loss)}; no parameter or mask was changed. "
+            "Lower the learning rate, pass num_data=N for a per-datapoint loss, or check the data."
+        )
+
+
+def _backward_mean_field_loss(model, guide, *args, **kwargs) -> float:
+    """``loss_and_grads`` for TraceMeanField_ELBO via :func:`~pyro_ssvi.objective.mean_field_loss`.
+
+    Returns a float like Pyro's; that conversion is the step's only host synchronization.
+    """
+    loss = mean_field_loss(model, guide, *args, **kwargs)
+    loss.backward()
+    return float(loss)
