@@ -260,4 +260,4 @@ def _backward_mean_field_loss(model, guide, *args, **kwargs) -> float:
     """
     loss = mean_field_loss(model, guide, *args, **kwargs)
     loss.backward()
-    return float(loss)
+    return float(loss.detach())

@@ -8,6 +8,11 @@ def pytest_configure(config):
 
 import pyro
 import pytest
+import torch
+
+# The tests' models are tiny and Python-bound; one intra-op thread avoids OpenMP threads
+# spinning against each other (and against other processes) on a 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

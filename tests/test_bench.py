@@ -1,0 +1,66 @@
+"""bench/throughput.py end to end at a tiny size: it runs, and its JSON has every field."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "bench", "throughput.py")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "throughput.json"
+    cmd = [sys.executable, SCRIPT, "--device", "cpu", "--width", "0.125", "--batch", "8", "--steps", "6",
+           "--warmup", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(a) pyro_ssvi SSVI" in proc.stdout and "surgery" in proc.stdout
+    with open(out) as f:
+        return json.load(f)
+
+
+def test_json_fields(report):
+    assert set(report) >= {"meta", "results", "ratios", "surgery", "ratios_process_cpu_time"}
+    meta = report["meta"]
+    for key in ("device", "device_name", "cpu_model", "torch", "pyro", "threads", "args", "command"):
+        assert key in meta
+    assert set(report["results"]) == {"ssvi", "dense", "det", "plain"}
+    for res in report["results"].values():
+        assert res["images_per_s"] > 0
+        step = res["step"]
+        assert step["n"] >= 1
+        assert step["p10_ms"] <= step["median_ms"] <= step["p90_ms"]
+        assert step["p25_ms"] <= step["p75_ms"]
+        assert res["peak_memory_bytes"] is None or res["peak_memory_bytes"] > 0
+    # (a) hits update steps (ΔT = steps // 3 inside the benchmark), timed separately.
+    assert report["results"]["ssvi"]["update_step"]["n"] >= 1
+
+
+def test_ratios_positive(report):
+    for table in ("ratios", "ratios_process_cpu_time"):
+        assert set(report[table]) == {"a/d", "b/d", "c/d"}
+        assert all(v is not None and v > 0 for v in report[table].values())
+
+
+def test_surgery_share(report):
+    s = report["surgery"]
+    assert s["paper_schedule"]["update_interval"] == 100
+    assert s["paper_schedule"]["num_updates"] > 0
+    assert -1.0 < s["share_of_training_time"] < 1.0
+
+
+def test_unsupported_option_is_reported_not_fatal(tmp_path):
+    out = tmp_path / "t.json"
+    cmd = [sys.executable, SCRIPT, "--device", "cpu", "--width", "0.0625", "--batch", "2", "--steps", "2",
+           "--warmup", "0", "--configs", "ssvi,plain", "--channels-last", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        rep = json.load(f)
+    assert "skipped" in rep["results"]["ssvi"]
+    assert rep["results"]["plain"]["images_per_s"] > 0
+    assert rep["ratios"]["a/d"] is None
