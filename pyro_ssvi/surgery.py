@@ -56,34 +56,39 @@ def update_site(
     (the active set at the moment of regrowth); a float gives them that sigma.
     """
     removed, added = select_drop_grow(mask, removal_score, addition_score, k)
-    flat_mask, flat_loc, flat_rho = mask.view(-1), loc.view(-1), rho.view(-1)
-    flat_mask[removed] = False
+    removed_at, added_at = _unravel(removed, mask.shape), _unravel(added, mask.shape)
+    mask[removed_at] = False
     if sigma_init == "mean":
-        kept = flat_mask.to(rho.dtype)
-        sigma = (F.softplus(flat_rho) * kept).sum() / kept.sum()
+        kept = mask.to(rho.dtype)
+        sigma = (F.softplus(rho) * kept).sum() / kept.sum()
     else:
         sigma = torch.tensor(float(sigma_init), dtype=rho.dtype, device=rho.device)
-    flat_loc[removed] = 0.0
-    flat_loc[added] = 0.0
-    flat_rho[added] = softplus_inverse(sigma)
-    flat_mask[added] = True
+    loc[removed_at] = 0.0
+    loc[added_at] = 0.0
+    rho[added_at] = softplus_inverse(sigma)
+    mask[added_at] = True
     if state_lookup is not None:
-        changed = torch.cat([removed, added])
+        changed = _unravel(torch.cat([removed, added]), mask.shape)
         for param in (loc, rho):
             zero_optimizer_state(state_lookup(param), param, changed)
     return removed, added
 
 
-def zero_optimizer_state(state: Optional[dict], param: Tensor, flat_index: Tensor) -> None:
-    """Zero, in place, every per-entry state tensor of ``param`` (momentum, moments) at ``flat_index``.
+def _unravel(flat_index: Tensor, shape: torch.Size) -> Tuple[Tensor, ...]:
+    # Multi-dimensional indices work whatever the memory layout (e.g. channels_last), where
+    # .view(-1) would fail.
+    return torch.unravel_index(flat_index, shape)
 
-    Scalar entries (Adam's ``step``) are left alone.
+
+def zero_optimizer_state(state: Optional[dict], param: Tensor, index: Tuple[Tensor, ...]) -> None:
+    """Zero, in place, every per-entry state tensor of ``param`` (momentum, moments) at ``index``
+    (a tuple of per-dimension index tensors). Scalar entries (Adam's ``step``) are left alone.
     """
     if not state:
         return
     for value in state.values():
         if torch.is_tensor(value) and value.shape == param.shape:
-            value.view(-1)[flat_index] = 0
+            value[index] = 0
 
 
 def optimizer_state_lookup(optim) -> StateLookup:
