@@ -13,6 +13,7 @@ from .distributions import MaskedNormal
 from .errors import NonFiniteLossError, SSVIConfigError, SSVIError
 from .guides import MaskedAutoNormal
 from .svi import SSVI
+from .checkpoint import load
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,156 @@
+"""Checkpoints of a training run: atomic writes, validated reads, and :func:`load` for prediction.
+
+A checkpoint is a ``torch.save`` dict tagged ``format = "pyro_ssvi.checkpoint"`` and a
+``version``. It holds only tensors and plain Python values, so it is read with
+``torch.load(weights_only=True)``: a foreign pickle cannot run code, it just fails with a
+clear :class:`~pyro_ssvi.errors.SSVICheckpointError`.
+
+Keys: ``config`` (the resolved run config), ``data_info`` (input shape, classes, N),
+``epoch`` (completed epochs), ``guide`` (locs, rhos and mask buffers), ``model`` (BatchNorm
+statistics, biases), ``optimizer``, ``scheduler``, ``svi`` (step count, surgery log),
+``loader`` (its RNG and position), ``rng`` (torch, CUDA, numpy, python states), ``history``
+(the per-epoch metrics rows so far).
+
+>>> model, guide = load("outputs/run/checkpoint.pt")          # doctest: +SKIP
+>>> result = predict(model, guide, x)                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Tuple, Union
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from .errors import SSVICheckpointError
+
+__all__ = ["FORMAT", "VERSION", "atomic_write", "get_rng_state", "load", "read", "save", "set_rng_state"]
+
+FORMAT = "pyro_ssvi.checkpoint"
+VERSION = 1
+REQUIRED = ("config", "data_info", "epoch", "guide", "model")
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync, then ``os.replace``.
+
+    Whatever happens inside ``write`` (an exception, a kill), ``path`` holds either its old
+    content or the complete new content, never a mix; the temporary file is removed on error.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save(path: PathLike, state: Dict[str, Any]) -> None:
+    """Write ``state`` (plus the format tag and version) to ``path`` atomically."""
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def read(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """The checkpoint dict at ``path``, checked for format, version and required keys.
+
+    :raises SSVICheckpointError: missing file, truncated or non-torch file, foreign pickle,
+        wrong format tag or version, missing keys. The message names the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SSVICheckpointError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
+    if path.stat().st_size == 0:
+        raise SSVICheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): an interrupted write?")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SSVICheckpointError(
+            f"checkpoint {str(path)!r} is not a pyro_ssvi checkpoint: it is not a torch.save file of "
+            f"tensors and plain values ({first})"
+        ) from None
+    except Exception as exc:  # torch raises many types here (RuntimeError, KeyError, EOFError, ...)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SSVICheckpointError(
+            f"checkpoint {str(path)!r} cannot be read: the file is truncated, corrupt or not a torch.save "
+            f"file ({type(exc).__name__}: {detail})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
+        raise SSVICheckpointError(
+            f"checkpoint {str(path)!r} is not a pyro_ssvi checkpoint (expected format tag {FORMAT!r}; "
+            f"found {found})"
+        )
+    if state.get("version") != VERSION:
+        raise SSVICheckpointError(
+            f"checkpoint {str(path)!r} has version {state.get('version')!r}; this pyro_ssvi reads version {VERSION}"
+        )
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise SSVICheckpointError(f"checkpoint {str(path)!r} lacks the keys {missing}")
+    return state
+
+
+def get_rng_state() -> Dict[str, Any]:
+    """torch (CPU and every CUDA device), numpy and python RNG states, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore :func:`get_rng_state` output."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[torch.nn.Module, Any]:
+    """``(model, guide)`` of a saved run, on ``device``, ready for :func:`pyro_ssvi.predictive.predict`.
+
+    Rebuilds both from the config stored in the checkpoint (no data set and no training code
+    needed), sets the guide's sites up with a dummy input of the stored shape, and loads the
+    saved tensors. The model is in eval mode (BatchNorm uses its running statistics).
+    """
+    from .build import DataInfo, build_guide, build_model, setup_guide
+
+    device = torch.device(device)
+    state = read(path, map_location=device)
+    cfg = OmegaConf.create(state["config"])
+    info = DataInfo(**{**state["data_info"], "input_shape": tuple(state["data_info"]["input_shape"])})
+    model = build_model(cfg, info).to(device)
+    guide = build_guide(cfg, model)
+    setup_guide(guide, info.input_shape, device)
+    try:
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+    except RuntimeError as exc:
+        raise SSVICheckpointError(
+            f"checkpoint {str(path)!r} does not match the model its config describes: {str(exc).splitlines()[0]}"
+        ) from None
+    model.eval()
+    return model, guide

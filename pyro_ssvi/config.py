@@ -1,0 +1,185 @@
+"""Run configurations: compose them from ``pyro_ssvi/conf`` and reject bad values before training.
+
+The Hydra configs live in the package (``pyro_ssvi/conf``, also reachable as ``configs/`` at
+the repository root) so an installed package can run ``python -m pyro_ssvi.train`` anywhere.
+
+>>> cfg = compose(["method.sparsity=0.95", "train.epochs=2"])
+>>> validate(cfg)
+>>> cfg.model.name, cfg.data.name, cfg.train.epochs
+('mlp', 'digits', 2)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence, Union
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .criteria import ADDITION_CRITERIA, REMOVAL_CRITERIA
+from .data import DATASETS
+from .errors import SSVIConfigError
+
+__all__ = ["CONFIG_DIR", "MODELS", "as_config", "compose", "resolve_device", "validate"]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+MODELS = ("mlp", "resnet18")
+LOSSES = ("mean_field", "trace")
+LR_SCHEDULES = ("cosine", "constant")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+# `hydra.run.dir` in conf/config.yaml: output_dir when set, else Hydra's dated default.
+OmegaConf.register_new_resolver("ssvi_or", lambda value, default: value or default, replace=True)
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The run config for Hydra-style ``overrides`` (e.g. ``["data=fashion_mnist"]``), resolved.
+
+    Works outside ``@hydra.main`` (tests, notebooks); the ``hydra`` node is dropped.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # e.g. called from inside a Hydra app
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return as_config(cfg)
+
+
+def as_config(cfg: Union[DictConfig, Mapping[str, Any]]) -> DictConfig:
+    """A resolved, writable copy of ``cfg`` without Hydra's own ``hydra`` node."""
+    if isinstance(cfg, DictConfig):
+        container = OmegaConf.to_container(cfg, resolve=True)
+    elif isinstance(cfg, Mapping):
+        container = OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True)
+    else:
+        raise SSVIConfigError(f"a run config must be a DictConfig or a mapping, got {type(cfg).__name__}")
+    container.pop("hydra", None)
+    return OmegaConf.create(container)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda[:N]`` must exist."""
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise SSVIConfigError(f"device={name!r} is not allowed; use one of: auto, cpu, cuda, cuda:N")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SSVIConfigError(f"device={name!r} but CUDA is not available here; use device=auto or device=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SSVIConfigError(
+                f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return device
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            raise SSVIConfigError(f"config key {key!r} is missing; see pyro_ssvi/conf/config.yaml for its default")
+        node = node[part]
+    return node
+
+
+def _choice(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    value = _get(cfg, key)
+    if value not in allowed:
+        raise SSVIConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(allowed)}")
+
+
+def _number(cfg: DictConfig, key: str, *, low: float, high: float = float("inf"), low_open: bool = False,
+            high_open: bool = False, integer: bool = False, none_ok: bool = False) -> None:
+    value = _get(cfg, key)
+    if value is None and none_ok:
+        return
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+        what = "an integer" if integer else "a number"
+        extra = " or null" if none_ok else ""
+        raise SSVIConfigError(f"{key}={value!r} is not allowed; expected {what} in {lo}, {hi}{extra}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`SSVIConfigError` naming the first bad key and its allowed values.
+
+    Checks only what can be checked without data (data-dependent checks happen at load time,
+    still before the first training step).
+    """
+    inf = float("inf")
+    _choice(cfg, "model.name", MODELS)
+    _choice(cfg, "data.name", DATASETS)
+    resolve_device(_get(cfg, "device"))
+    _number(cfg, "seed", low=0, integer=True)
+    _number(cfg, "cpu_threads", low=1, integer=True, none_ok=True)
+    if not isinstance(_get(cfg, "progress"), bool):
+        raise SSVIConfigError(f"progress={cfg.progress!r} is not allowed; allowed values: true, false")
+    _number(cfg, "train.epochs", low=1, integer=True)
+    _number(cfg, "train.batch_size", low=1, integer=True)
+    _number(cfg, "train.lr", low=0, low_open=True)
+    _number(cfg, "train.sigma_lr", low=0, low_open=True)
+    _number(cfg, "train.momentum", low=0, high=1, high_open=True)
+    _number(cfg, "train.weight_decay", low=0)
+    _number(cfg, "train.sigma_weight_decay", low=0)
+    _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+    _number(cfg, "method.sparsity", low=0, high=1, high_open=True)
+    _number(cfg, "method.update_interval", low=1, integer=True)
+    _number(cfg, "method.drop_fraction", low=0, high=1)
+    _number(cfg, "method.update_end", low=0, high=1, low_open=True)
+    _choice(cfg, "method.removal", REMOVAL_CRITERIA)
+    _choice(cfg, "method.addition", ADDITION_CRITERIA)
+    sigma_init = _get(cfg, "method.sigma_init")
+    if sigma_init != "mean":
+        _number(cfg, "method.sigma_init", low=0, low_open=True)
+    _number(cfg, "method.kl_max", low=0)
+    _number(cfg, "method.kl_warmup", low=0, high=1)
+    _choice(cfg, "method.loss", LOSSES)
+    _number(cfg, "model.prior_scale", low=0, low_open=True)
+    _number(cfg, "model.init_loc_std", low=0, low_open=True, none_ok=True)
+    init_scale = _get(cfg, "model.init_scale")
+    if not (isinstance(init_scale, (int, float)) and init_scale > 0) and not (
+        OmegaConf.is_list(init_scale) and len(init_scale) == 2
+        and all(isinstance(v, (int, float)) and v >= 0 for v in init_scale)
+    ):
+        raise SSVIConfigError(
+            f"model.init_scale={init_scale!r} is not allowed; expected a positive float or [mean, std] >= 0"
+        )
+    if cfg.model.name == "mlp":
+        hidden = _get(cfg, "model.hidden")
+        if not OmegaConf.is_list(hidden) or not all(isinstance(h, int) and h > 0 for h in hidden):
+            raise SSVIConfigError(f"model.hidden={hidden!r} is not allowed; expected a list of positive ints")
+    else:
+        _number(cfg, "model.width", low=0, low_open=True)
+    _number(cfg, "data.pad", low=0, integer=True)
+    _number(cfg, "data.limit_train", low=1, integer=True, none_ok=True)
+    _number(cfg, "data.limit_test", low=1, integer=True, none_ok=True)
+    normalize = _get(cfg, "data.normalize")
+    if normalize is not None and not (
+        isinstance(normalize, DictConfig) and set(normalize) == {"mean", "std"}
+        and all(OmegaConf.is_list(normalize[k]) for k in ("mean", "std"))
+        and all(s > 0 for s in normalize.std)
+    ):
+        raise SSVIConfigError(
+            f"data.normalize={normalize!r} is not allowed; expected null or {{mean: [...], std: [...]}} with std > 0"
+        )
+    _number(cfg, "eval.num_samples", low=1, integer=True)
+    _number(cfg, "eval.batch_size", low=1, integer=True)
+    _number(cfg, "eval.every", low=1, integer=True)
+    _number(cfg, "checkpoint.every", low=0, integer=True)
+    name = _get(cfg, "checkpoint.name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise SSVIConfigError(f"checkpoint.name={name!r} is not allowed; expected a plain file name")
+    resume = _get(cfg, "resume")
+    if resume is not None and not Path(str(resume)).is_file():
+        raise SSVIConfigError(f"resume={resume!r}: no such checkpoint file")
