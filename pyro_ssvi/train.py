@@ -260,8 +260,9 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
             every = int(cfg.checkpoint.every)
             if epoch == epochs or (every and epoch % every == 0):
                 checkpoint.save(out / cfg.checkpoint.name, state(epoch))
-            log.info("epoch %d/%d: loss %.4f, test accuracy %s, %.0f images/s", epoch, epochs,
-                     row["train_loss"], row.get("test_accuracy"), row["images_per_s"])
+            accuracy = row.get("test_accuracy")
+            log.info("epoch %d/%d: loss %.4f, test accuracy %s, %.0f images/s", epoch, epochs, row["train_loss"],
+                     "-" if accuracy is None else f"{accuracy:.4f}", row["images_per_s"])
 
     if probs is None:  # resumed from a finished run: evaluate once more for the final numbers
         test_metrics, probs = _evaluate(model, guide, test_x, test_y, cfg)
