@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Optional
+
+from pyro_ssvi.fileio import atomic_write
 
 # Row labels of the four configurations, in table order.
 CONFIGS = {
@@ -56,16 +56,4 @@ def format_table(report: dict) -> str:
 
 def write_json_atomic(path: str, obj: dict) -> None:
     """Write to a temporary file in the same directory, then rename: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".throughput-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))

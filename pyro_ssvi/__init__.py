@@ -11,9 +11,9 @@
 from . import criteria, handlers, models, ops
 from .distributions import MaskedNormal
 from .errors import NonFiniteLossError, SSVIConfigError, SSVIError
+from .checkpoint import load
 from .guides import MaskedAutoNormal
 from .svi import SSVI
-from .checkpoint import load
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = [
     "SSVIError",
     "criteria",
     "handlers",
+    "load",
     "models",
     "ops",
 ]

@@ -20,16 +20,15 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from .errors import SSVICheckpointError
+from .fileio import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "atomic_write", "get_rng_state", "load", "read", "save", "set_rng_state"]
 
@@ -37,27 +36,6 @@ FORMAT = "pyro_ssvi.checkpoint"
 VERSION = 1
 REQUIRED = ("config", "data_info", "epoch", "guide", "model")
 PathLike = Union[str, os.PathLike]
-
-
-def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, fsync, then ``os.replace``.
-
-    Whatever happens inside ``write`` (an exception, a kill), ``path`` holds either its old
-    content or the complete new content, never a mix; the temporary file is removed on error.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save(path: PathLike, state: Dict[str, Any]) -> None:

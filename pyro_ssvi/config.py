@@ -117,7 +117,6 @@ def validate(cfg: DictConfig) -> None:
     Checks only what can be checked without data (data-dependent checks happen at load time,
     still before the first training step).
     """
-    inf = float("inf")
     _choice(cfg, "model.name", MODELS)
     _choice(cfg, "data.name", DATASETS)
     resolve_device(_get(cfg, "device"))

@@ -35,7 +35,7 @@ without LRT (one op per layer: ``3 * 2 M_l = 6 M_l``) and takes no optimizer ste
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Union
 
 import torch
 from torch import Tensor, nn

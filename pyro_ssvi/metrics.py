@@ -15,13 +15,13 @@ Two calibration errors are provided because they are different numbers:
 from __future__ import annotations
 
 import os
-import uuid
 from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
 from pyro_ssvi.errors import SSVIConfigError
+from pyro_ssvi.fileio import atomic_write
 
 __all__ = [
     "ReliabilityBins",
@@ -286,13 +286,5 @@ def plot_reliability_diagram(
     ax.legend(loc="upper left")
 
     target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(target, lambda f: fig.savefig(f, format="png"))
     return target

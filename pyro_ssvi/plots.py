@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Sequence, Union
 
-from .checkpoint import atomic_write
+from .fileio import atomic_write
 
 __all__ = ["plot_density", "plot_learning_curves"]
 

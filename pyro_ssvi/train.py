@@ -32,6 +32,7 @@ from .build import DataInfo, build_guide, build_model, build_optimizer, build_sc
 from .config import as_config, resolve_device, validate
 from .data import ArrayDataset, DeviceLoader, load_dataset
 from .errors import SSVICheckpointError, SSVIError
+from .fileio import atomic_write
 from .metrics import classification_metrics, plot_reliability_diagram
 from .predictive import predict
 
@@ -87,7 +88,7 @@ def _output_dir(cfg: DictConfig) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _resume_config(cfg: DictConfig) -> Tuple[DictConfig, Optional[dict]]:

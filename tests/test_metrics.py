@@ -171,9 +171,8 @@ def test_reliability_diagram_failure_keeps_existing_file(tmp_path, monkeypatch):
     path = tmp_path / "rel.png"
     path.write_bytes(b"old contents")
 
-    def broken_savefig(self, fname, *args, **kwargs):
-        with open(fname, "wb") as f:
-            f.write(b"\x89PNG half")  # a partial write, then the failure
+    def broken_savefig(self, file, *args, **kwargs):
+        file.write(b"\x89PNG half")  # a partial write, then the failure
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)

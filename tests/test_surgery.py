@@ -7,7 +7,6 @@ import pyro.optim
 import pytest
 import torch
 import torch.nn.functional as F
-from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 import pyro_ssvi.svi

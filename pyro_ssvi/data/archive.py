@@ -29,7 +29,6 @@ import io
 import os
 import stat
 import tarfile
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -47,6 +46,7 @@ except ImportError:  # pragma: no cover - depends on the installed torchvision
 
 from pyro_ssvi.data.core import ArrayDataset, channel_stats
 from pyro_ssvi.errors import SSVIConfigError, SSVIDataError, SSVIDataNotFoundError
+from pyro_ssvi.fileio import atomic_write
 
 __all__ = ["load_image_archive", "default_cache_dir", "cache_path_for"]
 
@@ -254,21 +254,10 @@ def _load_cache(cache: Path, fingerprint: str, split: str) -> dict | None:
 
 def _save_cache(cache: Path, payload: dict) -> None:
     """Write ``payload`` atomically; on failure warn and carry on uncached."""
-    tmp = None
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".tmp", dir=cache.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, cache)  # readers see the old file or the complete new one
-        tmp = None
+        atomic_write(cache, lambda f: torch.save(payload, f))  # readers see old or complete new
     except OSError as exc:
         warnings.warn(f"could not write the cache {cache} ({exc}); continuing without it", stacklevel=3)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _decoded_split(path: Path, split: str, cache_dir: str | os.PathLike | None) -> dict:
