@@ -17,7 +17,7 @@ class MaskPriorMessenger(Messenger):
     ``log N(0 | 0, s^2)`` for every inactive (exactly zero) weight: a constant without gradient,
     but several nats per entry in the reported loss.
 
-    :param guide: an object with ``masks`` (site name -> bool tensor), e.g. MaskedAutoNormal.
+    :param guide: an object with ``sites`` (names) and ``site_mask(name)``, e.g. MaskedAutoNormal.
     """
 
     def __init__(self, guide) -> None:
@@ -25,11 +25,9 @@ class MaskPriorMessenger(Messenger):
         self.guide = guide
 
     def _pyro_sample(self, msg) -> None:
-        if msg["is_observed"]:
+        if msg["is_observed"] or msg["name"] not in self.guide.sites:
             return
-        mask = self.guide.masks.get(msg["name"])
-        if mask is None:
-            return
+        mask = self.guide.site_mask(msg["name"])
         fn = msg["fn"]
         event_dim = 0
         if isinstance(fn, Independent):
