@@ -74,7 +74,7 @@ def test_median_quantiles_summary():
         assert (median[name][~mask] == 0).all() and (quantiles[name][:, ~mask] == 0).all()
     summary = guide.summary()
     assert summary["1.weight"]["active"] == 12 and summary["1.weight"]["density"] == 0.5
-    assert summary["1.weight"]["mean_sigma"] == pytest.approx(float(guide.scale("1.weight")[guide.site_mask("1.weight")].mean()))
+    assert summary["1.weight"]["mean_sigma"] == pytest.approx(float(guide.scale("1.weight")[guide.site_mask("1.weight")].mean().detach()))
 
 
 def test_masked_normal_samples_zero_and_log_prob_masked():
