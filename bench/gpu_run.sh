@@ -17,8 +17,7 @@
 #
 # Check the script itself on CPU with tiny sizes:   bash bench/gpu_run.sh --smoke
 #
-# TO BE VERIFIED (written before the training app was finished): the override names in step 3
-# (data.root, train.epochs, output_dir, progress) follow pyro_ssvi/conf as of this writing.
+# The smoke mode ran green on CPU against the finished training app (all three parts).
 set -u
 MODE=full
 [ "${1:-}" = "--smoke" ] && MODE=smoke
