@@ -146,6 +146,9 @@ class MaskedAutoNormal(AutoGuide):
         self.init_scale = init_scale
         self.seed = seed
         self.site_info: Dict[str, SiteInfo] = {}
+        #: Emit ``pyro.param`` statements for loc/rho so ``pyro.infer.SVI`` finds them. SSVI
+        #: collects the guide's parameters itself and switches this off during its own calls.
+        self.announce_params = True
         # Accessed through self._modules[...] only: PyroModule.__getattr__ would otherwise
         # route nn.Module children through pyro.module() and the global parameter store.
         self.add_module("locs", nn.ParameterDict())
@@ -249,11 +252,17 @@ class MaskedAutoNormal(AutoGuide):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         values = {}
-        for name in self.site_info:
+        for name, info in self.site_info.items():
             loc, rho = self.site_params(name)
-            _param_statement(f"{name}.loc", loc)
-            _param_statement(f"{name}.rho", rho)
-            values[name] = pyro.sample(name, self.get_distribution(name))
+            if self.announce_params:
+                _param_statement(f"{name}.loc", loc)
+                _param_statement(f"{name}.rho", rho)
+            q = MaskedNormal(loc, F.softplus(rho), self.site_mask(name))
+            value = pyro.sample(name, q.to_event(info.event_dim) if info.event_dim else q)
+            # The draw carries its distribution: local reparameterization reads (mean, variance)
+            # from it instead of recomputing softplus(rho) (see handlers.lrt).
+            value.ssvi_q = q
+            values[name] = value
         return values
 
     @torch.no_grad()

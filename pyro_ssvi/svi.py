@@ -112,7 +112,8 @@ class SSVI(SVI):
         self.loss, self.loss_and_grads = loss.loss, loss.loss_and_grads
         # The plain one-particle mean-field ELBO gets a lean, sync-free evaluation (same value
         # and gradients; tests compare it with pyro.infer.SVI).
-        if type(loss) is TraceMeanField_ELBO and loss.num_particles == 1:
+        mean_field = type(loss) is TraceMeanField_ELBO and loss.num_particles == 1
+        if mean_field:
             self.loss_and_grads = _backward_mean_field_loss
         self.num_steps = num_steps
         self.schedule = SurgerySchedule(update_interval, drop_fraction, update_end, num_steps)
@@ -130,10 +131,18 @@ class SSVI(SVI):
         # One messenger instance each, reused every step; model and guide run one after the other.
         self._beta = ScaleLatentsMessenger(1.0)
         normalize = poutine.scale(scale=1.0 / num_data) if num_data else (lambda fn: fn)
-        model_sampled = normalize(self._beta(MaskPriorMessenger(guide)(model)))
-        self._model_sampled = model_sampled
-        self._model_lrt = normalize(self._beta(MaskPriorMessenger(guide)(LRTMessenger(guide)(model))))
-        self._guide = normalize(self._beta(guide))
+        self._lrt = LRTMessenger(guide)
+        self._model_sampled = normalize(self._beta(MaskPriorMessenger(guide)(model)))
+        self._model_lrt = normalize(self._beta(MaskPriorMessenger(guide)(self._lrt(model))))
+        # Pyro's ELBOs call backward() only when their traces contain param sites, so the
+        # guide's announcements stay on for them; the lean mean-field loss needs none.
+        quiet_guide = _without_param_statements(guide) if mean_field else guide
+        self._guide = normalize(self._beta(quiet_guide))
+        # Under LRT with a closed-form KL nothing reads a weight draw except the LRT ops, which
+        # use q's moments: skip the draws (randn, scale, shift, mask per site) of the sites that
+        # every LRT step so far has routed through an op (the first step draws them all).
+        self._skip_draws = UseMeansMessenger(frozenset()) if mean_field else None
+        self._guide_lrt = normalize(self._beta(self._skip_draws(quiet_guide))) if mean_field else self._guide
 
     # ------------------------------------------------------------------ schedule
     def kl_weight(self, step: Optional[int] = None) -> float:
@@ -164,10 +173,11 @@ class SSVI(SVI):
             return float(self.loss(model, self._guide, *args, **kwargs))
 
     def _gradient_step(self, t: int, args, kwargs) -> float:
-        model = self._model_lrt if self.use_lrt else self._model_sampled
+        model, guide = (self._model_lrt, self._guide_lrt) if self.use_lrt else (self._model_sampled, self._guide)
         if isinstance(self.optim, torch.optim.Optimizer):
             # The optimizer owns its parameter list: no parameter trace needed.
-            loss = self.loss_and_grads(model, self._guide, *args, **kwargs)
+            loss = self.loss_and_grads(model, guide, *args, **kwargs)
+            self._update_skipped_draws()
             if not math.isfinite(loss):
                 self.optim.zero_grad()
                 raise self._non_finite(loss, t)
@@ -175,12 +185,19 @@ class SSVI(SVI):
             self.optim.zero_grad()
             return loss
         with poutine.trace(param_only=True) as capture:
-            loss = self.loss_and_grads(model, self._guide, *args, **kwargs)
+            loss = self.loss_and_grads(model, guide, *args, **kwargs)
+        self._update_skipped_draws()
         params = self._params(capture.trace)
         self._check_finite(loss, t, params)
         self.optim(params)
         zero_grads(params)
         return float(loss)
+
+    def _update_skipped_draws(self) -> None:
+        if self.use_lrt and self._skip_draws is not None:
+            consumed = frozenset(self._lrt.consumed)
+            skipped = self._skip_draws.sites
+            self._skip_draws.sites = consumed if self.step_count == 0 else skipped & consumed
 
     def _surgery_step(self, t: int, args, kwargs) -> float:
         """Loss and dense weight gradients at sampled (or mean) weights, then drop/grow; no optimizer step."""
@@ -251,6 +268,23 @@ class SSVI(SVI):
             f"SSVI step {t}: the loss is {float(loss)}; no parameter or mask was changed. "
             "Lower the learning rate, pass num_data=N for a per-datapoint loss, or check the data."
         )
+
+
+def _without_param_statements(guide):
+    """``guide`` called with its ``pyro.param`` announcements off (SSVI gathers parameters itself;
+    only for :func:`_backward_mean_field_loss`, which does not look for param sites)."""
+
+    def call(*args, **kwargs):
+        previous = getattr(guide, "announce_params", None)
+        if previous is None:
+            return guide(*args, **kwargs)
+        guide.announce_params = False
+        try:
+            return guide(*args, **kwargs)
+        finally:
+            guide.announce_params = previous
+
+    return call
 
 
 def _backward_mean_field_loss(model, guide, *args, **kwargs) -> float:

@@ -127,3 +127,33 @@ def test_step_matches_pyro_svi(elbo):
     assert loss_a == pytest.approx(loss_b, rel=1e-6)
     for key in state_a:
         assert torch.allclose(state_a[key], state_b[key], atol=1e-7), key
+
+
+def test_weight_draws_skipped_only_for_sites_routed_through_lrt_ops():
+    """Under LRT + closed-form KL the guide's draws are unused; SSVI skips exactly those sites."""
+    import pyro.distributions as dist
+    import torch.nn.functional as F
+    from pyro.nn import PyroModule, PyroSample
+
+    model, guide, x, y = _setup()
+    svi = SSVI(model, guide, pyro.optim.SGD({"lr": 0.01}), TraceMeanField_ELBO(), kl_max=1.0, kl_warmup=0.0)
+    svi.step(x, y)
+    assert svi._skip_draws.sites == set(guide.sites)
+
+    class Plain(PyroModule):  # calls F.linear itself: LRT never sees its weight
+        def __init__(self):
+            super().__init__()
+            self.w = PyroSample(dist.Normal(0.0, 1.0).expand([4, 6]).to_event(2))
+
+        def forward(self, x, y=None):
+            logits = F.linear(x, self.w)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+            return logits
+
+    plain = Plain()
+    plain_guide = MaskedAutoNormal(plain, sparsity=0.5, seed=0)
+    svi = SSVI(plain, plain_guide, pyro.optim.SGD({"lr": 0.01}), TraceMeanField_ELBO())
+    for _ in range(3):
+        svi.step(x, y)
+    assert svi._skip_draws.sites == frozenset()  # its weights keep being drawn

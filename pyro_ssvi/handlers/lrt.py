@@ -11,7 +11,7 @@ nothing. Noise is independent per example, which lowers gradient variance.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,11 @@ class LRTMessenger(Messenger):
     ``(mean, variance) = guide.moments(site)``. Ops on other tensors run unchanged.
 
     :param guide: an object with ``sites`` (names) and ``moments(name) -> (mean, variance)``,
-        e.g. :class:`~pyro_ssvi.guides.MaskedAutoNormal`.
+        e.g. :class:`~pyro_ssvi.guides.MaskedAutoNormal`. A draw that carries its distribution
+        as ``tensor.ssvi_q`` (MaskedAutoNormal's do) is computed from that distribution's
+        ``mean`` and ``variance`` instead, which saves recomputing them.
+
+    ``consumed`` holds the names of the sites whose weight went through an op in the last run.
 
     >>> from pyro_ssvi import models, MaskedAutoNormal
     >>> model = models.mlp([4, 8, 2])
@@ -53,9 +57,11 @@ class LRTMessenger(Messenger):
         self.guide = guide
         # id(tensor) -> (tensor, site name); the tensor is kept so its id cannot be reused.
         self._weights: Dict[int, Tuple[Tensor, str]] = {}
+        self.consumed: Set[str] = set()
 
     def __enter__(self):
         self._weights.clear()
+        self.consumed = set()
         return super().__enter__()
 
     def __exit__(self, *args):
@@ -73,6 +79,10 @@ class LRTMessenger(Messenger):
         entry = self._weights.get(id(tensor))
         if entry is None or entry[0] is not tensor:
             return None
+        self.consumed.add(entry[1])
+        q = getattr(tensor, "ssvi_q", None)
+        if q is not None:
+            return q.mean, q.variance
         return self.guide.moments(entry[1])
 
     def _local_reparameterize(self, msg, op: Callable[..., Tensor]) -> None:
