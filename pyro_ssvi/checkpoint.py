@@ -57,11 +57,12 @@ def read(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict
         raise SSVICheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): an interrupted write?")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError:
+        # torch's own message here advises weights_only=False, which is not what to do with a
+        # file of unknown origin: say what the file is not, and stop.
         raise SSVICheckpointError(
             f"checkpoint {str(path)!r} is not a pyro_ssvi checkpoint: it is not a torch.save file of "
-            f"tensors and plain values ({first})"
+            "tensors and plain values. Pass the checkpoint.pt written by pyro_ssvi.train."
         ) from None
     except Exception as exc:  # torch raises many types here (RuntimeError, KeyError, EOFError, ...)
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
