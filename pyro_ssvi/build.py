@@ -69,12 +69,10 @@ def build_optimizer(cfg: DictConfig, model, guide: MaskedAutoNormal) -> torch.op
     """One SGD over two groups: means + point estimates (``train.lr``, ``weight_decay``) and
     rhos (``train.sigma_lr``, ``sigma_weight_decay``). Call after :func:`setup_guide`."""
     t = cfg.train
-    rhos = list(guide._modules["rhos"].parameters())
-    rho_ids = {id(p) for p in rhos}
-    means = [p for p in guide.parameters() if id(p) not in rho_ids] + list(model.parameters())
+    means = guide.loc_parameters() + list(model.parameters())
     groups = [
         {"params": means, "lr": t.lr, "weight_decay": t.weight_decay, "name": "means"},
-        {"params": rhos, "lr": t.sigma_lr, "weight_decay": t.sigma_weight_decay, "name": "sigmas"},
+        {"params": guide.rho_parameters(), "lr": t.sigma_lr, "weight_decay": t.sigma_weight_decay, "name": "sigmas"},
     ]
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
 

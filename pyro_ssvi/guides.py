@@ -228,6 +228,14 @@ class MaskedAutoNormal(AutoGuide):
         key = _key(name)
         return self._modules["locs"][key], self._modules["rhos"][key]
 
+    def loc_parameters(self) -> list:
+        """Every site's ``loc`` (the means; the paper puts weight decay on these)."""
+        return list(self._modules["locs"].parameters())
+
+    def rho_parameters(self) -> list:
+        """Every site's ``rho`` (``sigma = softplus(rho)``; no weight decay in the paper)."""
+        return list(self._modules["rhos"].parameters())
+
     def site_mask(self, name: str) -> Tensor:
         return self._modules["mask_buffers"]._buffers[_key(name)]
 

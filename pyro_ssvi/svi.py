@@ -142,6 +142,7 @@ class SSVI(SVI):
         # use q's moments: skip the draws (randn, scale, shift, mask per site) of the sites that
         # every LRT step so far has routed through an op (the first step draws them all).
         self._skip_draws = UseMeansMessenger(frozenset()) if mean_field else None
+        self._lrt_steps = 0
         self._guide_lrt = normalize(self._beta(self._skip_draws(quiet_guide))) if mean_field else self._guide
 
     # ------------------------------------------------------------------ schedule
@@ -153,6 +154,20 @@ class SSVI(SVI):
     def drop_fraction(self, step: Optional[int] = None) -> float:
         """r_t at ``step`` (default: the next step)."""
         return self.schedule.drop_fraction_at(self.step_count if step is None else step)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """The schedule position and history, for checkpoints (parameters, masks and the
+        optimizer have their own state dicts)."""
+        skipped = sorted(self._skip_draws.sites) if self._skip_draws is not None else []
+        return {"step_count": self.step_count, "surgery_log": list(self.surgery_log), "skipped_draws": skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+        self.surgery_log = list(state["surgery_log"])
+        if self._skip_draws is not None:
+            self._skip_draws.sites = frozenset(state.get("skipped_draws", ()))
+            self._lrt_steps = self.step_count
 
     # ------------------------------------------------------------------ stepping
     def step(self, *args, **kwargs) -> float:
@@ -194,10 +209,15 @@ class SSVI(SVI):
         return float(loss)
 
     def _update_skipped_draws(self) -> None:
+        # The first LRT step finds the sites; later ones can only shrink the set. Part of
+        # state_dict(): a resumed run must skip the same draws to consume the same random numbers.
         if self.use_lrt and self._skip_draws is not None:
             consumed = frozenset(self._lrt.consumed)
-            skipped = self._skip_draws.sites
-            self._skip_draws.sites = consumed if self.step_count == 0 else skipped & consumed
+            if not self._lrt_steps:
+                self._skip_draws.sites = consumed
+            else:
+                self._skip_draws.sites &= consumed
+            self._lrt_steps += 1
 
     def _surgery_step(self, t: int, args, kwargs) -> float:
         """Loss and dense weight gradients at sampled (or mean) weights, then drop/grow; no optimizer step."""

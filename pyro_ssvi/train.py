@@ -219,7 +219,7 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
             "normalization": {"mean": list(train_data.mean), "std": list(train_data.std), "scale": train_data.scale},
             "guide": guide.state_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "svi": {"step_count": svi.step_count, "surgery_log": svi.surgery_log},
+            "svi": svi.state_dict(),
             "loader": loader.state_dict(), "rng": checkpoint.get_rng_state(), "history": history,
         }
 
@@ -292,8 +292,7 @@ def _restore(state: dict, model, guide, optimizer, scheduler, svi, loader: Devic
         raise SSVICheckpointError(
             f"checkpoint {str(path)!r} does not match this run: {str(exc).splitlines()[0]}"
         ) from None
-    svi.step_count = int(state["svi"]["step_count"])
-    svi.surgery_log = list(state["svi"]["surgery_log"])
+    svi.load_state_dict(state["svi"])
     checkpoint.set_rng_state(state["rng"])
 
 

@@ -24,10 +24,8 @@ def _optimizer(kind, guide, model):
         return pyro.optim.SGD({"lr": 0.05, "momentum": 0.9})
     # As in the paper: weight decay on means and point estimates, none on sigma (weight decay
     # on rho would move inactive placeholders and fill their momentum).
-    locs = [guide.site_params(n)[0] for n in guide.sites]
-    rhos = [guide.site_params(n)[1] for n in guide.sites]
-    return torch.optim.SGD([{"params": locs + list(model.parameters()), "weight_decay": 5e-4},
-                            {"params": rhos, "weight_decay": 0.0}], lr=0.05, momentum=0.9)
+    return torch.optim.SGD([{"params": guide.loc_parameters() + list(model.parameters()), "weight_decay": 5e-4},
+                            {"params": guide.rho_parameters(), "weight_decay": 0.0}], lr=0.05, momentum=0.9)
 
 
 def _momentum_buffers(svi, param):
