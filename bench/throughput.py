@@ -223,7 +223,7 @@ def surgery_share(results: Dict[str, dict], args) -> Optional[dict]:
 
     steps = 200 * math.ceil(50_000 / args.batch)
     schedule = SurgerySchedule(update_interval=100, drop_fraction=0.3, update_end=0.75, num_steps=steps)
-    n_updates = sum(1 for t in range(100, schedule.end_step, 100) if schedule.is_update_step(t))
+    n_updates = schedule.num_updates()
     normal_ms = res["step"]["median_ms"]
     extra_ms = res["update_step"]["mean_ms"] - normal_ms
     total_ms = steps * normal_ms + n_updates * extra_ms

@@ -15,6 +15,7 @@ import torch
 from pyro.distributions import Normal
 from torch import Tensor
 from torch.distributions import register_kl
+from torch.distributions.utils import lazy_property
 
 __all__ = ["MaskedNormal", "masked_normal_kl"]
 
@@ -44,11 +45,13 @@ class MaskedNormal(Normal):
             self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.mask.expand(batch_shape)
         )
 
-    @property
+    # Cached: under local reparameterization both the skipped draw (the mean) and the LRT op
+    # ask for them, and each is a full-size elementwise kernel.
+    @lazy_property
     def mean(self) -> Tensor:
         return self.loc * self.mask
 
-    @property
+    @lazy_property
     def variance(self) -> Tensor:
         return self.scale.pow(2) * self.mask
 

@@ -145,10 +145,7 @@ def training_flops(
         )
     macs = layer_macs(model, example_input)
     dens = site_densities(model, densities)
-    schedule = SurgerySchedule(update_interval, 0.3, update_end, num_steps)
-    end = min(schedule.end_step if schedule.end_step is not None else num_steps, num_steps)
-    # is_update_step: 0 < t < end and t % ΔT == 0 (the same test SSVI.step applies).
-    num_updates = len(range(update_interval, end, update_interval))
+    num_updates = SurgerySchedule(update_interval, update_end=update_end, num_steps=num_steps).num_updates()
     any_sparse = any(d < 1.0 for d in dens.values())
     if not any_sparse:
         num_updates = 0  # SSVI skips surgery when no site is sparse

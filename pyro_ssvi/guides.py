@@ -184,7 +184,10 @@ class MaskedAutoNormal(AutoGuide):
             )
         unknown = set(self.dense_sites) - {n for n, _ in latent}
         if unknown:
-            raise SSVIConfigError(f"dense_sites {sorted(unknown)} are not latent sites of the model")
+            raise SSVIConfigError(
+                f"dense_sites {sorted(unknown)} are not latent sites of the model; its sites are "
+                f"{[n for n, _ in latent]}"
+            )
         generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         for name, site in latent:
             self._init_site(name, site, generator)

@@ -70,6 +70,11 @@ def predict(
         raise SSVIConfigError(f"mode must be 'sample' or 'mean', got {mode!r}")
     if mode == "sample" and (not isinstance(num_samples, int) or num_samples < 1):
         raise SSVIConfigError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    if mode == "mean" and local_reparameterization:
+        raise SSVIConfigError(
+            "mode='mean' uses the posterior means and draws nothing; local_reparameterization=True "
+            "would add per-example noise. Use one or the other."
+        )
     if batch_size is not None and batch_size < 1:
         raise SSVIConfigError(f"batch_size must be >= 1 or None, got {batch_size!r}")
     if len(x) == 0:

@@ -61,6 +61,14 @@ class SurgerySchedule:
         end = self.end_step
         return step > 0 and step % self.update_interval == 0 and (end is None or step < end)
 
+    def num_updates(self, num_steps: Optional[int] = None) -> int:
+        """How many of steps ``0 .. num_steps - 1`` are update steps (default: ``self.num_steps``)."""
+        total = self.num_steps if num_steps is None else num_steps
+        if total is None:
+            raise SSVIConfigError("num_updates needs the number of steps")
+        end = total if self.end_step is None else min(self.end_step, total)
+        return len(range(self.update_interval, end, self.update_interval))
+
     def drop_fraction_at(self, step: int) -> float:
         """``r_t``: the fraction of each sparse site's active entries replaced at ``step``."""
         end = self.end_step

@@ -57,11 +57,19 @@ def update_site(
     """
     removed, added = select_drop_grow(mask, removal_score, addition_score, k)
     removed_at, added_at = _unravel(removed, mask.shape), _unravel(added, mask.shape)
-    mask[removed_at] = False
     if sigma_init == "mean":
+        # Mean over the entries that stay active; if every active entry is replaced (k ==
+        # active), over the entries active before the update. No host sync either way.
+        sigma_all = F.softplus(rho)
+        before = mask.to(rho.dtype)
+        mask[removed_at] = False
         kept = mask.to(rho.dtype)
-        sigma = (F.softplus(rho) * kept).sum() / kept.sum()
+        kept_count = kept.sum()
+        sigma = torch.where(
+            kept_count > 0, (sigma_all * kept).sum() / kept_count.clamp_min(1), (sigma_all * before).sum() / before.sum()
+        )
     else:
+        mask[removed_at] = False
         sigma = torch.tensor(float(sigma_init), dtype=rho.dtype, device=rho.device)
     loc[removed_at] = 0.0
     loc[added_at] = 0.0

@@ -99,8 +99,10 @@ class SSVI(SVI):
                 raise SSVIConfigError(f"SSVI needs a MaskedAutoNormal guide; {type(guide).__name__} has no {attr!r}")
         if not (sigma_init == "mean" or (isinstance(sigma_init, (int, float)) and sigma_init > 0)):
             raise SSVIConfigError(f"sigma_init must be 'mean' or a positive float, got {sigma_init!r}")
-        if kl_max < 0 or not 0 <= kl_warmup <= 1:
-            raise SSVIConfigError(f"need kl_max >= 0 and kl_warmup in [0, 1], got {kl_max}, {kl_warmup}")
+        if not kl_max >= 0:
+            raise SSVIConfigError(f"kl_max (the final KL weight beta) must be >= 0, got {kl_max!r}")
+        if not 0 <= kl_warmup <= 1:
+            raise SSVIConfigError(f"kl_warmup must be a fraction of num_steps in [0, 1], got {kl_warmup!r}")
         if num_data is not None and (not isinstance(num_data, int) or num_data < 1):
             raise SSVIConfigError(f"num_data must be a positive int (the data-set size) or None, got {num_data!r}")
         if not isinstance(addition_samples, int) or addition_samples < 1:
@@ -166,14 +168,20 @@ class SSVI(SVI):
         self.step_count = int(state["step_count"])
         self.surgery_log = list(state["surgery_log"])
         if self._skip_draws is not None:
-            self._skip_draws.sites = frozenset(state.get("skipped_draws", ()))
-            self._lrt_steps = self.step_count
+            skipped = state.get("skipped_draws")
+            self._skip_draws.sites = frozenset(skipped or ())
+            self._lrt_steps = self.step_count if skipped is not None else 0  # else: find them again
 
     # ------------------------------------------------------------------ stepping
+    def is_update_step(self, step: Optional[int] = None) -> bool:
+        """Whether ``step`` (default: the next) updates masks instead of parameters."""
+        step = self.step_count if step is None else step
+        return self.schedule.is_update_step(step) and any(info.sparse for info in self.guide.sites.values())
+
     def step(self, *args, **kwargs) -> float:
         t = self.step_count
         self._beta.beta = self.kl_weight(t)
-        if self.schedule.is_update_step(t) and any(info.sparse for info in self.guide.sites.values()):
+        if self.is_update_step(t):
             loss = self._surgery_step(t, args, kwargs)
         else:
             loss = self._gradient_step(t, args, kwargs)
@@ -193,6 +201,8 @@ class SSVI(SVI):
             # The optimizer owns its parameter list: no parameter trace needed.
             loss = self.loss_and_grads(model, guide, *args, **kwargs)
             self._update_skipped_draws()
+            if t == 0:
+                self._check_optimizer_covers_guide()
             if not math.isfinite(loss):
                 self.optim.zero_grad()
                 raise self._non_finite(loss, t)
@@ -207,6 +217,16 @@ class SSVI(SVI):
         self.optim(params)
         zero_grads(params)
         return float(loss)
+
+    def _check_optimizer_covers_guide(self) -> None:
+        owned = {id(p) for group in self.optim.param_groups for p in group["params"]}
+        if not all(id(p) in owned for p in self.guide.loc_parameters()):
+            self.optim.zero_grad()
+            raise SSVIConfigError(
+                "The torch optimizer does not hold the guide's parameters, so the guide would never "
+                "train. Call guide(*args) once to create them, then build the optimizer over "
+                "guide.parameters() and the model's parameters."
+            )
 
     def _update_skipped_draws(self) -> None:
         # The first LRT step finds the sites; later ones can only shrink the set. Part of

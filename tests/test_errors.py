@@ -95,3 +95,20 @@ def test_non_finite_loss_raises_before_anything_changes(surgery_step):
     for key, value in before.items():
         assert torch.equal(value.nan_to_num(7.0), after[key].nan_to_num(7.0)), key
     assert svi.step_count == step and len(svi.surgery_log) == 0
+
+
+def test_torch_optimizer_built_before_guide_setup():
+    model = models.mlp([4, 6, 3])
+    guide = MaskedAutoNormal(model, sparsity=0.5)
+    optim = torch.optim.SGD(list(guide.parameters()) + list(model.parameters()), lr=0.1)  # guide still empty
+    svi = SSVI(model, guide, optim, TraceMeanField_ELBO())
+    with pytest.raises(SSVIConfigError, match=r"Call guide\(\*args\) once"):
+        svi.step(torch.randn(5, 4), torch.randint(0, 3, (5,)))
+
+
+def test_predict_mean_mode_with_local_reparameterization():
+    from pyro_ssvi.predictive import predict
+
+    model, guide, x, _ = _model_guide()
+    with pytest.raises(SSVIConfigError, match="Use one or the other"):
+        predict(model, guide, x, mode="mean", local_reparameterization=True)

@@ -137,3 +137,26 @@ def test_addition_scores_equal_plain_autograd_gradient(addition, monkeypatch):
         assert torch.allclose(captured["scores"][name], grad.abs(), rtol=1e-5, atol=1e-9), name
         # Dense: inactive positions get scores too.
         assert (captured["scores"][name][~guide.site_mask(name)] > 0).any()
+
+
+def test_schedule_counts_and_cosine():
+    from pyro_ssvi.schedule import SurgerySchedule
+
+    s = SurgerySchedule(update_interval=100, drop_fraction=0.3, update_end=0.75, num_steps=78_200)
+    assert s.end_step == 58_650
+    assert s.num_updates() == sum(1 for t in range(78_200) if s.is_update_step(t)) == 586
+    assert s.drop_fraction_at(0) == pytest.approx(0.3)
+    assert s.drop_fraction_at(58_650 // 2) == pytest.approx(0.15)
+    assert s.drop_fraction_at(58_650) == pytest.approx(0.0)
+
+
+def test_replacing_every_active_entry_keeps_sigma_finite():
+    from pyro_ssvi.guides import softplus_inverse
+    from pyro_ssvi.surgery import update_site
+
+    mask = torch.tensor([True, False, False, False])
+    loc = torch.tensor([0.5, 0.0, 0.0, 0.0])
+    rho = softplus_inverse(torch.tensor([0.2, 1.0, 1.0, 1.0]))
+    update_site(loc, rho, mask, loc.abs(), torch.tensor([0.0, 3.0, 1.0, 2.0]), k=1)
+    assert mask.tolist() == [False, True, False, False]
+    assert F.softplus(rho[1]).item() == pytest.approx(0.2)  # the mean over the entries active before
