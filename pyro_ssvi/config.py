@@ -28,6 +28,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 MODELS = ("mlp", "resnet18")
 LOSSES = ("mean_field", "trace")
 LR_SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 # `hydra.run.dir` in conf/config.yaml: output_dir when set, else Hydra's dated default.
@@ -132,6 +133,11 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "train.weight_decay", low=0)
     _number(cfg, "train.sigma_weight_decay", low=0)
     _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+    _choice(cfg, "train.precision", PRECISIONS)
+    if not isinstance(_get(cfg, "train.channels_last"), bool):
+        raise SSVIConfigError(
+            f"train.channels_last={cfg.train.channels_last!r} is not allowed; allowed values: true, false"
+        )
     _number(cfg, "method.sparsity", low=0, high=1, high_open=True)
     _number(cfg, "method.update_interval", low=1, integer=True)
     _number(cfg, "method.drop_fraction", low=0, high=1)

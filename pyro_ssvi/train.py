@@ -11,6 +11,7 @@ plots. Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -103,6 +104,13 @@ def _resume_config(cfg: DictConfig) -> Tuple[DictConfig, Optional[dict]]:
     return stored, state
 
 
+def _autocast(cfg: DictConfig, device: torch.device):
+    """bf16 autocast around a training step when ``train.precision=bf16``, else nothing."""
+    if cfg.train.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _evaluate(model, guide, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig):
     """Predictive over ``eval.num_samples`` draws: (metrics dict, probs [N, C] on CPU)."""
     result = predict(model, guide, x, num_samples=int(cfg.eval.num_samples), batch_size=int(cfg.eval.batch_size))
@@ -190,14 +198,18 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
     seed_everything(int(cfg.seed))
     train_data, test_data = load_data(cfg)
     info = DataInfo(train_data.image_shape, train_data.num_classes, len(train_data))
+    channels_last = bool(cfg.train.channels_last) and len(info.input_shape) == 3
     loader = DeviceLoader(
         train_data, int(cfg.train.batch_size), device=device, shuffle=True,
         augment=bool(cfg.data.augment), pad=int(cfg.data.pad), generator=int(cfg.seed) + 1,
+        channels_last=channels_last,
     )
     test_x, test_y = _whole(test_data, int(cfg.eval.batch_size), device)
     num_steps = int(cfg.train.epochs) * len(loader)
 
     model = build_model(cfg, info).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     guide = build_guide(cfg, model)
     setup_guide(guide, info.input_shape, device)
     optimizer = build_optimizer(cfg, model, guide)
@@ -233,7 +245,8 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
             bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not cfg.progress, leave=False,
                        dynamic_ncols=True, mininterval=0.5)
             for x, y in bar:
-                loss_sum += svi.step(x, y)
+                with _autocast(cfg, device):
+                    loss_sum += svi.step(x, y)
                 scheduler.step()
                 n += 1
                 if n % 10 == 0:

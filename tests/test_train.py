@@ -89,6 +89,8 @@ def test_paper_experiments_match_the_recipe(name, data):
     ("train.lr_schedule=step", "train.lr_schedule", "cosine"),
     ("eval.num_samples=0", "eval.num_samples", "integer"),
     ("resume=/no/such/checkpoint.pt", "resume", "no such"),
+    ("train.precision=fp16", "train.precision", "fp32, bf16"),
+    ("train.channels_last=maybe", "train.channels_last", "true, false"),
 ])
 def test_invalid_config_fails_before_training_naming_key_and_allowed(tmp_path, override, key, allowed):
     with pytest.raises(SSVIConfigError) as info:
@@ -196,12 +198,13 @@ def _tiny_cifar_archive(path: Path, per_class_train: int = 20, per_class_test: i
     return path
 
 
-def test_cifar10_archive_tiny_resnet_end_to_end(tmp_path):
+@pytest.mark.parametrize("layout", [[], ["train.precision=bf16", "train.channels_last=true"]])
+def test_cifar10_archive_tiny_resnet_end_to_end(tmp_path, layout):
     archive = _tiny_cifar_archive(tmp_path / "tiny.tar.gz")
     cache = tmp_path / "cache"
     overrides = ["data=cifar10_archive", f"data.root={archive}", f"data.cache_dir={cache}", "model=resnet18",
                  "model.width=0.0625", "model.prior_scale=0.005", "train.epochs=1", "train.batch_size=50",
-                 "train.lr=0.01", "eval.num_samples=2"]
+                 "train.lr=0.01", "eval.num_samples=2", *layout]
     final = train.run(cfg_for(tmp_path / "run", *overrides))
     assert list(cache.glob("*.uint8.pt")), "decoded cache not written"
     assert 0.0 <= final["accuracy"] <= 1.0 and abs(final["density"] - 0.1) < 0.01
@@ -240,3 +243,10 @@ def test_cifar10_archive_real_data_two_epochs_tiny_resnet(tmp_path):
     assert final["accuracy"] > 0.15  # above chance (0.1) after 2 short epochs
     model, guide = pyro_ssvi.load(tmp_path / "run" / "checkpoint.pt")
     assert guide.density() < 0.2
+
+
+def test_bf16_training_matches_fp32_accuracy_on_digits(tmp_path):
+    """bf16 autocast of the training step: test accuracy within 1.5 points of fp32 (same seed)."""
+    results = {p: train.run(cfg_for(tmp_path / p, f"train.precision={p}", "train.epochs=15"))["accuracy"]
+               for p in ("fp32", "bf16")}
+    assert results["fp32"] >= 0.93 and abs(results["bf16"] - results["fp32"]) <= 0.015, results
