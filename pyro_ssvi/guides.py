@@ -145,7 +145,7 @@ class MaskedAutoNormal(AutoGuide):
         self.init_loc_fn = init_loc_fn or init_to_normal()
         self.init_scale = init_scale
         self.seed = seed
-        self.site_info: Dict[str, SiteInfo] = {}
+        self._sites: Dict[str, SiteInfo] = {}
         #: Emit ``pyro.param`` statements for loc/rho so ``pyro.infer.SVI`` finds them. SSVI
         #: collects the guide's parameters itself and switches this off during its own calls.
         self.announce_params = True
@@ -202,7 +202,7 @@ class MaskedAutoNormal(AutoGuide):
         )
         num_active = num_active_entries(shape.numel(), self.sparsity) if sparse else shape.numel()
         info = SiteInfo(shape, site["fn"].event_dim, sparse, num_active)
-        self.site_info[name] = info
+        self._sites[name] = info
 
         mask = torch.zeros(shape.numel(), dtype=torch.bool)
         mask[torch.randperm(shape.numel(), generator=generator)[:num_active]] = True
@@ -218,13 +218,13 @@ class MaskedAutoNormal(AutoGuide):
     @property
     def sites(self) -> Dict[str, SiteInfo]:
         """Site name -> :class:`SiteInfo`, in model order (empty before the first call)."""
-        return self.site_info
+        return self._sites
 
     @property
     def masks(self) -> Dict[str, Tensor]:
         """Site name -> bool mask (the live buffers; True = active)."""
         buffers = self._modules["mask_buffers"]._buffers
-        return {name: buffers[_key(name)] for name in self.site_info}
+        return {name: buffers[_key(name)] for name in self._sites}
 
     def site_params(self, name: str) -> Tuple[nn.Parameter, nn.Parameter]:
         """``(loc, rho)`` parameters of a site (``scale = softplus(rho)``)."""
@@ -255,7 +255,7 @@ class MaskedAutoNormal(AutoGuide):
     def get_distribution(self, name: str):
         loc, rho = self.site_params(name)
         fn = MaskedNormal(loc, F.softplus(rho), self.site_mask(name))
-        event_dim = self.site_info[name].event_dim
+        event_dim = self._sites[name].event_dim
         return fn.to_event(event_dim) if event_dim else fn
 
     # ------------------------------------------------------------------ Pyro interface
@@ -263,7 +263,7 @@ class MaskedAutoNormal(AutoGuide):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         values = {}
-        for name, info in self.site_info.items():
+        for name, info in self._sites.items():
             loc, rho = self.site_params(name)
             if self.announce_params:
                 _param_statement(f"{name}.loc", loc)
@@ -279,13 +279,13 @@ class MaskedAutoNormal(AutoGuide):
     @torch.no_grad()
     def median(self, *args, **kwargs) -> Dict[str, Tensor]:
         """Posterior median (= mean) of each site, zero at inactive entries."""
-        return {name: self.moments(name)[0].clone() for name in self.site_info}
+        return {name: self.moments(name)[0].clone() for name in self._sites}
 
     @torch.no_grad()
     def quantiles(self, quantiles: Sequence[float], *args, **kwargs) -> Dict[str, Tensor]:
         """Site name -> tensor ``[len(quantiles), *shape]`` of marginal quantiles (0 where inactive)."""
         result = {}
-        for name in self.site_info:
+        for name in self._sites:
             loc, rho = self.site_params(name)
             q = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
             z = Normal(0.0, 1.0).icdf(q).reshape((-1,) + (1,) * loc.dim())
@@ -294,7 +294,7 @@ class MaskedAutoNormal(AutoGuide):
 
     def density(self) -> float:
         """Active / total entries over the sparse sites (1.0 if none is sparse); no device sync."""
-        sparse = [info for info in self.site_info.values() if info.sparse]
+        sparse = [info for info in self._sites.values() if info.sparse]
         if not sparse:
             return 1.0
         return sum(i.num_active for i in sparse) / sum(i.numel for i in sparse)
@@ -303,7 +303,7 @@ class MaskedAutoNormal(AutoGuide):
     def summary(self) -> Dict[str, dict]:
         """Per site: shape, numel, active count, density, sparse flag, mean |loc| and sigma (active)."""
         rows = {}
-        for name, info in self.site_info.items():
+        for name, info in self._sites.items():
             loc, _ = self.site_params(name)
             mask = self.site_mask(name)
             active = int(mask.sum())
