@@ -22,6 +22,8 @@ STEPS, INTERVAL, ALPHA, END = 300, 20, 0.3, 0.75
 def _optimizer(kind, guide, model):
     if kind == "pyro":
         return pyro.optim.SGD({"lr": 0.05, "momentum": 0.9})
+    if kind == "pyro_adam":  # two moment buffers per tensor, both must be zeroed
+        return pyro.optim.Adam({"lr": 0.01})
     # As in the paper: weight decay on means and point estimates, none on sigma (weight decay
     # on rho would move inactive placeholders and fill their momentum).
     return torch.optim.SGD([{"params": guide.loc_parameters() + list(model.parameters()), "weight_decay": 5e-4},
@@ -34,7 +36,7 @@ def _momentum_buffers(svi, param):
 
 
 # 300 steps with a torch optimizer; the pyro.optim path (one optimizer per tensor) for 100.
-@pytest.mark.parametrize("optim_kind,steps", [("torch", STEPS), ("pyro", 100)])
+@pytest.mark.parametrize("optim_kind,steps", [("torch", STEPS), ("pyro", 100), ("pyro_adam", 61)])
 def test_300_steps_keep_every_invariant(optim_kind, steps):
     xtr, ytr, _, _ = digits_split()
     x, y = xtr.view(-1, 1, 8, 8)[:512], ytr[:512]
@@ -160,3 +162,35 @@ def test_replacing_every_active_entry_keeps_sigma_finite():
     update_site(loc, rho, mask, loc.abs(), torch.tensor([0.0, 3.0, 1.0, 2.0]), k=1)
     assert mask.tolist() == [False, True, False, False]
     assert F.softplus(rho[1]).item() == pytest.approx(0.2)  # the mean over the entries active before
+
+
+def test_grad_mc_scores_are_the_mean_gradient_over_draws(monkeypatch):
+    n, draws = 100, 3
+    model = models.mlp([5, 6, 3], prior_scale=0.5, num_data=n)
+    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    guide = MaskedAutoNormal(model, sparsity=0.6, init_scale=0.3, seed=0)
+    svi = SSVI(model, guide, pyro.optim.SGD({"lr": 0.0}), TraceMeanField_ELBO(), update_interval=1,
+               num_data=n, addition="grad_mc", addition_samples=draws)
+    svi.step(x, y)
+    captured = {"draws": []}
+    monkeypatch.setattr(svi, "apply_surgery", lambda t, scores: captured.update(scores=scores))
+
+    class Recording(RetainWeightGradsMessenger):
+        def _pyro_post_sample(self, msg):
+            super()._pyro_post_sample(msg)
+            if msg["name"] == "1.weight":
+                captured["draws"].append({})
+            captured["draws"][-1][msg["name"]] = msg["value"].detach().clone()
+
+    monkeypatch.setattr(pyro_ssvi.svi, "RetainWeightGradsMessenger", Recording)
+    svi.step(x, y)
+    assert len(captured["draws"]) == draws
+    mean_grad = {}
+    for weights in captured["draws"]:
+        w = {k: v.requires_grad_() for k, v in weights.items()}
+        hidden = F.linear(x, w["1.weight"], model.net[1].bias).relu()
+        loss = F.cross_entropy(F.linear(hidden, w["3.weight"], model.net[3].bias), y)
+        for name, g in zip(w, torch.autograd.grad(loss, list(w.values()))):
+            mean_grad[name] = mean_grad.get(name, 0) + g / draws
+    for name, g in mean_grad.items():
+        assert torch.allclose(captured["scores"][name], g.abs(), rtol=1e-5, atol=1e-9), name
