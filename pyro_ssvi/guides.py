@@ -146,6 +146,7 @@ class MaskedAutoNormal(AutoGuide):
         self.init_scale = init_scale
         self.seed = seed
         self._sites: Dict[str, SiteInfo] = {}
+        self._indicators: Dict[str, Tuple[Tensor, int, Tensor]] = {}
         #: Emit ``pyro.param`` statements for loc/rho so ``pyro.infer.SVI`` finds them. SSVI
         #: collects the guide's parameters itself and switches this off during its own calls.
         self.announce_params = True
@@ -242,6 +243,21 @@ class MaskedAutoNormal(AutoGuide):
     def site_mask(self, name: str) -> Tensor:
         return self._modules["mask_buffers"]._buffers[_key(name)]
 
+    def site_indicator(self, name: str) -> Tensor:
+        """The site's mask as 0/1 in the parameters' dtype, cached until the mask changes.
+
+        Multiplying by a bool mask costs a dtype-conversion kernel forward and backward; this
+        tensor is rebuilt only when the mask buffer is replaced (``.to``, loading) or modified in
+        place (surgery bumps its version counter).
+        """
+        mask = self.site_mask(name)
+        cached = self._indicators.get(name)
+        if cached is None or cached[0] is not mask or cached[1] != mask._version:
+            dtype = self.site_params(name)[0].dtype
+            cached = (mask, mask._version, mask.to(dtype))
+            self._indicators[name] = cached
+        return cached[2]
+
     def scale(self, name: str) -> Tensor:
         """``softplus(rho)``, unmasked (placeholders at inactive entries)."""
         return F.softplus(self.site_params(name)[1])
@@ -249,12 +265,12 @@ class MaskedAutoNormal(AutoGuide):
     def moments(self, name: str) -> Tuple[Tensor, Tensor]:
         """``(mean, variance)`` of the site's weight under q, zero at inactive entries."""
         loc, rho = self.site_params(name)
-        mask = self.site_mask(name)
-        return loc * mask, F.softplus(rho).square() * mask
+        indicator = self.site_indicator(name)
+        return loc * indicator, F.softplus(rho).square() * indicator
 
     def get_distribution(self, name: str):
         loc, rho = self.site_params(name)
-        fn = MaskedNormal(loc, F.softplus(rho), self.site_mask(name))
+        fn = MaskedNormal(loc, F.softplus(rho), self.site_mask(name), indicator=self.site_indicator(name))
         event_dim = self._sites[name].event_dim
         return fn.to_event(event_dim) if event_dim else fn
 
@@ -268,7 +284,7 @@ class MaskedAutoNormal(AutoGuide):
             if self.announce_params:
                 _param_statement(f"{name}.loc", loc)
                 _param_statement(f"{name}.rho", rho)
-            q = MaskedNormal(loc, F.softplus(rho), self.site_mask(name))
+            q = MaskedNormal(loc, F.softplus(rho), self.site_mask(name), indicator=self.site_indicator(name))
             value = pyro.sample(name, q.to_event(info.event_dim) if info.event_dim else q)
             # The draw carries its distribution: local reparameterization reads (mean, variance)
             # from it instead of recomputing softplus(rho) (see handlers.lrt).

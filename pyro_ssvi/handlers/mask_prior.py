@@ -35,7 +35,8 @@ class MaskPriorMessenger(Messenger):
             fn = fn.base_dist
         if type(fn) is not Normal:
             return
-        masked = MaskedNormal(fn.loc, fn.scale, mask.expand(fn.batch_shape))
+        indicator = self.guide.site_indicator(msg["name"]) if hasattr(self.guide, "site_indicator") else None
+        masked = MaskedNormal(fn.loc, fn.scale, mask.expand(fn.batch_shape), indicator=indicator)
         msg["fn"] = masked.to_event(event_dim) if event_dim else masked
 
 
