@@ -29,6 +29,7 @@ MODELS = ("mlp", "resnet18")
 LOSSES = ("mean_field", "trace")
 LR_SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
+LOSS_SYNCS = ("auto", "step", "epoch")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 # `hydra.run.dir` in conf/config.yaml: output_dir when set, else Hydra's dated default.
@@ -134,6 +135,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "train.sigma_weight_decay", low=0)
     _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
     _choice(cfg, "train.precision", PRECISIONS)
+    _choice(cfg, "train.loss_sync", LOSS_SYNCS)
     if not isinstance(_get(cfg, "train.channels_last"), bool):
         raise SSVIConfigError(
             f"train.channels_last={cfg.train.channels_last!r} is not allowed; allowed values: true, false"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Set, Union
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 import pyro.optim
 import torch
@@ -145,6 +145,8 @@ class SSVI(SVI):
         # every LRT step so far has routed through an op (the first step draws them all).
         self._skip_draws = UseMeansMessenger(frozenset()) if mean_field else None
         self._lrt_steps = 0
+        # step_async: (all losses finite so far, first unchecked step), on the device.
+        self._unchecked: Optional[Tuple[Tensor, int]] = None
         self._guide_lrt = normalize(self._beta(self._skip_draws(quiet_guide))) if mean_field else self._guide
 
     # ------------------------------------------------------------------ schedule
@@ -179,12 +181,48 @@ class SSVI(SVI):
         return self.schedule.is_update_step(step) and any(info.sparse for info in self.guide.sites.values())
 
     def step(self, *args, **kwargs) -> float:
+        """One ELBO step (or a mask update every ΔT steps); returns the loss as a float.
+
+        A non-finite loss raises :class:`~pyro_ssvi.errors.NonFiniteLossError` before any
+        parameter or mask changes.
+        """
+        return self._step(args, kwargs, sync=True)
+
+    def step_async(self, *args, **kwargs) -> Union[Tensor, float]:
+        """:meth:`step` without waiting for the device: the loss comes back as a 0-dim tensor.
+
+        Waiting for each loss (``step``'s float) stalls a GPU's queue while Python prepares the
+        next step. Here finiteness is recorded on the device and checked at the next mask update
+        (before any mask changes), at :meth:`check_finite` or at the next :meth:`step`; the
+        parameter updates of the steps in between will have happened. With ``pyro.optim``
+        optimizers or Pyro's own ELBO estimators (which synchronize anyway) this is ``step``.
+        """
+        return self._step(args, kwargs, sync=False)
+
+    def check_finite(self) -> None:
+        """Raise :class:`~pyro_ssvi.errors.NonFiniteLossError` if a loss of a :meth:`step_async`
+        step since the last check was NaN or infinite (one device synchronization)."""
+        if self._unchecked is None:
+            return
+        finite, first = self._unchecked
+        self._unchecked = None
+        if not bool(finite):
+            raise NonFiniteLossError(
+                f"SSVI: a loss between steps {first} and {self.step_count - 1} was not finite, and the "
+                "parameters were updated since. Restart from the last checkpoint with a lower learning "
+                "rate, or use step(), which stops before the update."
+            )
+
+    def _step(self, args, kwargs, sync: bool):
         t = self.step_count
         self._beta.beta = self.kl_weight(t)
-        if self.is_update_step(t):
+        update = self.is_update_step(t)
+        if sync or update:
+            self.check_finite()
+        if update:
             loss = self._surgery_step(t, args, kwargs)
         else:
-            loss = self._gradient_step(t, args, kwargs)
+            loss = self._gradient_step(t, args, kwargs, sync)
         self.step_count += 1
         return loss
 
@@ -195,7 +233,7 @@ class SSVI(SVI):
             model = self._model_lrt if self.use_lrt else self._model_sampled
             return float(self.loss(model, self._guide, *args, **kwargs))
 
-    def _gradient_step(self, t: int, args, kwargs) -> float:
+    def _gradient_step(self, t: int, args, kwargs, sync: bool = True):
         model, guide = (self._model_lrt, self._guide_lrt) if self.use_lrt else (self._model_sampled, self._guide)
         if isinstance(self.optim, torch.optim.Optimizer):
             # The optimizer owns its parameter list: no parameter trace needed.
@@ -203,14 +241,18 @@ class SSVI(SVI):
             self._update_skipped_draws()
             if t == 0:
                 self._check_optimizer_covers_guide()
-            if not math.isfinite(loss):
-                self.optim.zero_grad()
-                raise self._non_finite(loss, t)
+            if sync or not torch.is_tensor(loss):
+                if not math.isfinite(float(loss)):
+                    self.optim.zero_grad()
+                    raise self._non_finite(loss, t)
+            else:
+                finite = torch.isfinite(loss)
+                self._unchecked = (finite, t) if self._unchecked is None else (self._unchecked[0] & finite, self._unchecked[1])
             self.optim.step()
             self.optim.zero_grad()
-            return loss
+            return float(loss) if sync else loss
         with poutine.trace(param_only=True) as capture:
-            loss = self.loss_and_grads(model, guide, *args, **kwargs)
+            loss = float(self.loss_and_grads(model, guide, *args, **kwargs))
         self._update_skipped_draws()
         params = self._params(capture.trace)
         self._check_finite(loss, t, params)
@@ -249,7 +291,7 @@ class SSVI(SVI):
         total_loss, grad_sums = 0.0, {}
         for _ in range(self.addition_samples):
             with poutine.trace(param_only=True) as capture:
-                loss = self.loss_and_grads(self._model_sampled, guide, *args, **kwargs)
+                loss = float(self.loss_and_grads(self._model_sampled, guide, *args, **kwargs))
             params = self._params(capture.trace)
             self._check_finite(loss, t, params)
             total_loss += float(loss)
@@ -327,11 +369,12 @@ def _without_param_statements(guide):
     return call
 
 
-def _backward_mean_field_loss(model, guide, *args, **kwargs) -> float:
+def _backward_mean_field_loss(model, guide, *args, **kwargs) -> Tensor:
     """``loss_and_grads`` for TraceMeanField_ELBO via :func:`~pyro_ssvi.objective.mean_field_loss`.
 
-    Returns a float like Pyro's; that conversion is the step's only host synchronization.
+    Returns the detached loss tensor: converting it to a float (``step``) is the step's only
+    host synchronization, and ``step_async`` skips even that.
     """
     loss = mean_field_loss(model, guide, *args, **kwargs)
     loss.backward()
-    return float(loss.detach())
+    return loss.detach()

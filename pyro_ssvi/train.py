@@ -235,6 +235,8 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
             "loader": loader.state_dict(), "rng": checkpoint.get_rng_state(), "history": history,
         }
 
+    lazy = cfg.train.loss_sync == "epoch" or (cfg.train.loss_sync == "auto" and device.type == "cuda")
+    step = svi.step_async if lazy else svi.step
     epochs, probs, test_metrics = int(cfg.train.epochs), None, {}
     last_acc = history[-1].get("test_accuracy") if history else None
     train_time = sum(r["epoch_time_s"] for r in history)
@@ -246,12 +248,14 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
                        dynamic_ncols=True, mininterval=0.5)
             for x, y in bar:
                 with _autocast(cfg, device):
-                    loss_sum += svi.step(x, y)
+                    loss_sum += step(x, y)  # a float, or a device tensor under step_async
                 scheduler.step()
                 n += 1
-                if n % 10 == 0:
-                    bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=last_acc, density=f"{guide.density():.3f}")
+                if cfg.progress and n % 10 == 0:
+                    bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", acc=last_acc, density=f"{guide.density():.3f}")
             bar.close()
+            svi.check_finite()
+            loss_sum = float(loss_sum)
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
             row = {"epoch": epoch, "step": svi.step_count, "train_loss": loss_sum / max(n, 1)}

@@ -112,3 +112,39 @@ def test_predict_mean_mode_with_local_reparameterization():
     model, guide, x, _ = _model_guide()
     with pytest.raises(SSVIConfigError, match="Use one or the other"):
         predict(model, guide, x, mode="mean", local_reparameterization=True)
+
+
+def _torch_svi(update_interval=100):
+    model, guide, x, y = _model_guide()
+    optim = torch.optim.SGD(list(guide.parameters()) + list(model.parameters()), lr=0.1, momentum=0.9)
+    return SSVI(model, guide, optim, TraceMeanField_ELBO(), update_interval=update_interval), guide, x, y
+
+
+def test_step_async_matches_step():
+    states = []
+    for method in ("step", "step_async"):
+        pyro.set_rng_seed(0)
+        svi, guide, x, y = _torch_svi(update_interval=4)
+        pyro.set_rng_seed(1)
+        losses = [float(getattr(svi, method)(x, y)) for _ in range(10)]
+        states.append((losses, guide.state_dict()))
+    assert states[0][0] == states[1][0]
+    for key, value in states[0][1].items():
+        assert torch.equal(value, states[1][1][key]), key
+
+
+def test_step_async_reports_non_finite_loss_at_the_next_check():
+    pyro.enable_validation(False)
+    svi, guide, x, y = _torch_svi(update_interval=3)
+    svi.step_async(x, y)
+    bad = x.clone()
+    bad[0, 0] = float("inf")
+    svi.step_async(bad, y)  # step 1: not waited for
+    masks = {k: v.clone() for k, v in guide.masks.items()}
+    with pytest.raises(NonFiniteLossError, match="between steps 0 and 1"):
+        svi.check_finite()
+    svi.step_async(bad, y)  # step 2
+    with pytest.raises(NonFiniteLossError, match="between steps 2 and 2"):
+        svi.step_async(x, y)  # step 3 updates masks: it checks first
+    assert all(torch.equal(masks[k], v) for k, v in guide.masks.items())
+    assert len(svi.surgery_log) == 0

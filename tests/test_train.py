@@ -90,6 +90,7 @@ def test_paper_experiments_match_the_recipe(name, data):
     ("eval.num_samples=0", "eval.num_samples", "integer"),
     ("resume=/no/such/checkpoint.pt", "resume", "no such"),
     ("train.precision=fp16", "train.precision", "fp32, bf16"),
+    ("train.loss_sync=never", "train.loss_sync", "auto, step, epoch"),
     ("train.channels_last=maybe", "train.channels_last", "true, false"),
 ])
 def test_invalid_config_fails_before_training_naming_key_and_allowed(tmp_path, override, key, allowed):
@@ -250,3 +251,10 @@ def test_bf16_training_matches_fp32_accuracy_on_digits(tmp_path):
     results = {p: train.run(cfg_for(tmp_path / p, f"train.precision={p}", "train.epochs=15"))["accuracy"]
                for p in ("fp32", "bf16")}
     assert results["fp32"] >= 0.93 and abs(results["bf16"] - results["fp32"]) <= 0.015, results
+
+
+def test_epoch_loss_sync_gives_the_same_run(tmp_path):
+    """SSVI.step_async in the app: the same parameters and metrics as waiting for every loss."""
+    runs = {mode: train.run(cfg_for(tmp_path / mode, f"train.loss_sync={mode}", "train.epochs=3"))
+            for mode in ("step", "epoch")}
+    assert runs["step"]["accuracy"] == runs["epoch"]["accuracy"] and runs["step"]["nll"] == runs["epoch"]["nll"]
