@@ -38,6 +38,11 @@ def format_table(report: dict) -> str:
             f"{s['p25_ms']:7.1f}-{s['p75_ms']:<8.1f} {s['p10_ms']:8.1f}-{s['p90_ms']:<9.1f} "
             f"{_fmt_mem(res['peak_memory_bytes']):>24s} {('-' if r is None else f'{r:.3f}'):>7s}"
         )
+    piped = [(res["label"], res["pipelined"]) for res in report["results"].values() if "pipelined" in res]
+    if piped:
+        lines.append("pipelined (steps back to back, one sync per block): " + "; ".join(
+            f"{label} {p['images_per_s']:.1f} img/s ({p['steps']} steps, {p['update_steps']} updates)"
+            for label, p in piped))
     if "ratios_process_cpu_time" in report:
         rc = report["ratios_process_cpu_time"]
         lines.append("ratios of median process CPU time per step (robust to other tenants): " + ", ".join(
