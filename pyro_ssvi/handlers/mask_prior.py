@@ -23,21 +23,29 @@ class MaskPriorMessenger(Messenger):
     def __init__(self, guide) -> None:
         super().__init__()
         self.guide = guide
+        self._cache: dict = {}  # site -> (prior, mask, mask version, masked prior)
 
     def _pyro_sample(self, msg) -> None:
-        if msg["is_observed"] or msg["name"] not in self.guide.sites:
+        name = msg["name"]
+        if msg["is_observed"] or name not in self.guide.sites:
             return
-        mask = self.guide.site_mask(msg["name"])
-        fn = msg["fn"]
-        event_dim = 0
+        mask, prior = self.guide.site_mask(name), msg["fn"]
+        # Reused while the prior object and the mask (identity and version) are unchanged, e.g.
+        # a model that builds its prior once (pyro_ssvi's layers do) between two mask updates.
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] is prior and cached[1] is mask and cached[2] == mask._version:
+            msg["fn"] = cached[3]
+            return
+        fn, event_dim = prior, 0
         if isinstance(fn, Independent):
             event_dim = fn.reinterpreted_batch_ndims
             fn = fn.base_dist
         if type(fn) is not Normal:
             return
-        indicator = self.guide.site_indicator(msg["name"]) if hasattr(self.guide, "site_indicator") else None
+        indicator = self.guide.site_indicator(name) if hasattr(self.guide, "site_indicator") else None
         masked = MaskedNormal(fn.loc, fn.scale, mask.expand(fn.batch_shape), indicator=indicator)
         msg["fn"] = masked.to_event(event_dim) if event_dim else masked
+        self._cache[name] = (prior, mask, mask._version, msg["fn"])
 
 
 def mask_prior(fn=None, guide=None):

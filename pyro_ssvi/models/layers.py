@@ -39,12 +39,21 @@ class BayesianLayer(nn.Module):
         self.register_buffer("prior_scale", torch.tensor(float(prior_scale)))
 
     def weight_prior(self) -> dist.Distribution:
-        """``Normal(0, prior_scale)`` over the whole weight, all dimensions as one event."""
-        return (
-            dist.Normal(self.prior_loc, self.prior_scale)
-            .expand(self.weight_shape)
-            .to_event(len(self.weight_shape))
-        )
+        """``Normal(0, prior_scale)`` over the whole weight, all dimensions as one event.
+
+        Built once and reused while the buffers stay the same tensors (``.to()`` replaces
+        them); in-place edits of the buffers show through, since the prior holds views of them.
+        """
+        cached = self.__dict__.get("_prior")
+        if cached is None or cached[0] is not self.prior_loc or cached[1] is not self.prior_scale:
+            prior = (
+                dist.Normal(self.prior_loc, self.prior_scale)
+                .expand(self.weight_shape)
+                .to_event(len(self.weight_shape))
+            )
+            cached = (self.prior_loc, self.prior_scale, prior)
+            self.__dict__["_prior"] = cached
+        return cached[2]
 
     def sample_weight(self) -> Tensor:
         if self.site_name is None:
