@@ -87,3 +87,33 @@ def test_masked_normal_samples_zero_and_log_prob_masked():
     assert (lp[~mask] == 0).all()
     assert torch.allclose(lp[mask], dist.Normal(loc[mask], scale[mask]).log_prob(x[mask]))
     assert (d.entropy()[~mask] == 0).all()
+
+
+def test_cached_prior_and_masked_prior_follow_changes():
+    from pyro_ssvi.handlers import MaskPriorMessenger
+
+    model = models.mlp([4, 6, 3], prior_scale=0.5)
+    layer = model.net[1]
+    assert layer.weight_prior() is layer.weight_prior()  # built once
+    model.double()  # replaces the buffers: the prior is rebuilt in float64
+    assert layer.weight_prior().base_dist.scale.dtype == torch.float64
+    model.float()
+
+    guide = MaskedAutoNormal(model, sparsity=0.5, seed=0)
+    guide(torch.randn(2, 4))
+    handler = MaskPriorMessenger(guide)
+
+    def masked_prior():
+        msg = {"name": "1.weight", "fn": layer.weight_prior(), "is_observed": False}
+        handler._pyro_sample(msg)
+        return msg["fn"]
+
+    first = masked_prior()
+    assert masked_prior() is first
+    mask = guide.site_mask("1.weight")
+    i, j = mask.view(-1).nonzero()[0], (~mask).view(-1).nonzero()[0]
+    mask.view(-1)[i], mask.view(-1)[j] = False, True  # what surgery does, in place
+    second = masked_prior()
+    assert second is not first
+    assert torch.equal(second.base_dist.mask, mask)
+    assert torch.equal(second.base_dist.indicator, mask.float())
