@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .criteria import ADDITION_CRITERIA, REMOVAL_CRITERIA
 from .data import DATASETS
+from .ood import OOD_SETS
 from .errors import SSVIConfigError
 
 __all__ = ["CONFIG_DIR", "MODELS", "as_config", "compose", "resolve_device", "validate"]
@@ -182,6 +183,11 @@ def validate(cfg: DictConfig) -> None:
         )
     _number(cfg, "eval.num_samples", low=1, integer=True)
     _number(cfg, "eval.batch_size", low=1, integer=True)
+    ood = _get(cfg, "eval.ood")
+    if ood is not None and ood not in OOD_SETS + DATASETS:
+        raise SSVIConfigError(
+            f"eval.ood={ood!r} is not allowed; allowed values: null, {', '.join(OOD_SETS + DATASETS)}"
+        )
     _number(cfg, "eval.every", low=1, integer=True)
     _number(cfg, "checkpoint.every", low=0, integer=True)
     name = _get(cfg, "checkpoint.name")

@@ -35,6 +35,7 @@ from .data import ArrayDataset, DeviceLoader, load_dataset
 from .errors import SSVICheckpointError, SSVIError
 from .fileio import atomic_write
 from .metrics import classification_metrics, plot_reliability_diagram
+from .ood import ood_dataset, ood_metrics
 from .predictive import predict
 
 __all__ = ["load_data", "main", "run", "seed_everything"]
@@ -111,11 +112,14 @@ def _autocast(cfg: DictConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def _predict(model, guide, x: torch.Tensor, cfg: DictConfig):
+    return predict(model, guide, x, num_samples=int(cfg.eval.num_samples), batch_size=int(cfg.eval.batch_size))
+
+
 def _evaluate(model, guide, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig):
-    """Predictive over ``eval.num_samples`` draws: (metrics dict, probs [N, C] on CPU)."""
-    result = predict(model, guide, x, num_samples=int(cfg.eval.num_samples), batch_size=int(cfg.eval.batch_size))
-    probs = result.probs.cpu()
-    return classification_metrics(probs, y.cpu()), probs
+    """Predictive over ``eval.num_samples`` draws: (metrics dict, PredictiveResult)."""
+    result = _predict(model, guide, x, cfg)
+    return classification_metrics(result.probs.cpu(), y.cpu()), result
 
 
 def _replaced_fractions(svi, guide, first_step: int, last_step: int) -> Dict[str, float]:
@@ -161,6 +165,8 @@ def _table(final: Mapping[str, Any], cfg: DictConfig) -> str:
         ("NLL (nats)", f"{final['nll']:.4f}"),
         ("ECE (15-bin, top-label, L1)", f"{final['ece_top_label_l1_15bin']:.4f}"),
         ("calibration error (paper)", f"{final.get('calibration_error_paper', float('nan')):.4f}"),
+        *[(f"OOD AUROC ({cfg.eval.ood}, {k})", f"{final[f'ood_auroc_{k}']:.4f}")
+          for k in ("entropy", "mutual_information") if f"ood_auroc_{k}" in final],
         ("density", f"{final['density']:.4f}"),
         ("training FLOPs / dense VI", f"{final['training_flops_relative']:.3f}"),
         ("training time (s)", f"{final['train_time_s']:.1f}"),
@@ -197,6 +203,8 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
 
     seed_everything(int(cfg.seed))
     train_data, test_data = load_data(cfg)
+    # Built now so that a bad OOD set fails before training, not after it.
+    ood_data = ood_dataset(cfg.eval.ood, test_data, cfg.data.root, int(cfg.seed)) if cfg.eval.ood else None
     info = DataInfo(train_data.image_shape, train_data.num_classes, len(train_data))
     channels_last = bool(cfg.train.channels_last) and len(info.input_shape) == 3
     loader = DeviceLoader(
@@ -237,7 +245,7 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
 
     lazy = cfg.train.loss_sync == "epoch" or (cfg.train.loss_sync == "auto" and device.type == "cuda")
     step = svi.step_async if lazy else svi.step
-    epochs, probs, test_metrics = int(cfg.train.epochs), None, {}
+    epochs, result, test_metrics = int(cfg.train.epochs), None, {}
     last_acc = history[-1].get("test_accuracy") if history else None
     train_time = sum(r["epoch_time_s"] for r in history)
     with pyro.validation_enabled(False):  # validation checks cost time on every step
@@ -260,7 +268,7 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
             train_time += epoch_time
             row = {"epoch": epoch, "step": svi.step_count, "train_loss": loss_sum / max(n, 1)}
             if epoch % int(cfg.eval.every) == 0 or epoch == epochs:
-                test_metrics, probs = _evaluate(model, guide, test_x, test_y, cfg)
+                test_metrics, result = _evaluate(model, guide, test_x, test_y, cfg)
                 last_acc = round(test_metrics["accuracy"], 4)
                 row.update({f"test_{k}": v for k, v in test_metrics.items()})
                 row["test_ece"] = test_metrics["ece_top_label_l1_15bin"]
@@ -283,14 +291,17 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
             log.info("epoch %d/%d: loss %.4f, test accuracy %s, %.0f images/s", epoch, epochs, row["train_loss"],
                      "-" if accuracy is None else f"{accuracy:.4f}", row["images_per_s"])
 
-    if probs is None:  # resumed from a finished run: evaluate once more for the final numbers
-        test_metrics, probs = _evaluate(model, guide, test_x, test_y, cfg)
+    if result is None:  # resumed from a finished run: evaluate once more for the final numbers
+        test_metrics, result = _evaluate(model, guide, test_x, test_y, cfg)
+    if ood_data is not None:
+        ood_x, _ = _whole(ood_data, int(cfg.eval.batch_size), device)
+        test_metrics = {**test_metrics, **ood_metrics(result, _predict(model, guide, ood_x, cfg))}
     final = {
         **test_metrics, "density": guide.density(), "epochs": epochs, "steps": svi.step_count,
         "train_time_s": train_time, "elapsed_s": elapsed_before + time.perf_counter() - start_time,
         "device": str(device), "run_dir": str(out), **_flops(model, guide, svi, cfg, info, num_steps, device),
     }
-    plot_reliability_diagram(probs, test_y.cpu(), out / "reliability.png")
+    plot_reliability_diagram(result.probs.cpu(), test_y.cpu(), out / "reliability.png")
     plots.plot_learning_curves(history, out / "learning_curves.png")
     plots.plot_density(history, out / "density.png")
     _write_text(out / "metrics.json", json.dumps({**final, "config": OmegaConf.to_container(cfg)}, indent=2))

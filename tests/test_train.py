@@ -91,6 +91,7 @@ def test_paper_experiments_match_the_recipe(name, data):
     ("resume=/no/such/checkpoint.pt", "resume", "no such"),
     ("train.precision=fp16", "train.precision", "fp32, bf16"),
     ("train.loss_sync=never", "train.loss_sync", "auto, step, epoch"),
+    ("eval.ood=svhn", "eval.ood", "noise, vflip"),
     ("train.channels_last=maybe", "train.channels_last", "true, false"),
 ])
 def test_invalid_config_fails_before_training_naming_key_and_allowed(tmp_path, override, key, allowed):
@@ -258,3 +259,14 @@ def test_epoch_loss_sync_gives_the_same_run(tmp_path):
     runs = {mode: train.run(cfg_for(tmp_path / mode, f"train.loss_sync={mode}", "train.epochs=3"))
             for mode in ("step", "epoch")}
     assert runs["step"]["accuracy"] == runs["epoch"]["accuracy"] and runs["step"]["nll"] == runs["epoch"]["nll"]
+
+
+def test_ood_auroc_in_final_metrics(tmp_path):
+    final = train.run(cfg_for(tmp_path, "eval.ood=noise", "train.epochs=5"))
+    assert final["ood_auroc_entropy"] > 0.8  # uniform-noise images are more uncertain than digits
+    assert 0.0 <= final["ood_auroc_mutual_information"] <= 1.0
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    with pytest.raises(SSVIConfigError, match="shape"):  # before any training: no outputs
+        train.run(cfg_for(tmp_path / "bad", "eval.ood=fashion_mnist", "train.epochs=1"))
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
