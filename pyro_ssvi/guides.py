@@ -269,10 +269,14 @@ class MaskedAutoNormal(AutoGuide):
         return loc * indicator, F.softplus(rho).square() * indicator
 
     def get_distribution(self, name: str):
-        loc, rho = self.site_params(name)
-        fn = MaskedNormal(loc, F.softplus(rho), self.site_mask(name), indicator=self.site_indicator(name))
+        """q of one site: ``MaskedNormal`` with the site's event dimensions."""
+        q = self._masked_normal(name)
         event_dim = self._sites[name].event_dim
-        return fn.to_event(event_dim) if event_dim else fn
+        return q.to_event(event_dim) if event_dim else q
+
+    def _masked_normal(self, name: str) -> MaskedNormal:
+        loc, rho = self.site_params(name)
+        return MaskedNormal(loc, F.softplus(rho), self.site_mask(name), indicator=self.site_indicator(name))
 
     # ------------------------------------------------------------------ Pyro interface
     def forward(self, *args, **kwargs) -> Dict[str, Tensor]:
@@ -280,11 +284,11 @@ class MaskedAutoNormal(AutoGuide):
             self._setup_prototype(*args, **kwargs)
         values = {}
         for name, info in self._sites.items():
-            loc, rho = self.site_params(name)
             if self.announce_params:
+                loc, rho = self.site_params(name)
                 _param_statement(f"{name}.loc", loc)
                 _param_statement(f"{name}.rho", rho)
-            q = MaskedNormal(loc, F.softplus(rho), self.site_mask(name), indicator=self.site_indicator(name))
+            q = self._masked_normal(name)
             value = pyro.sample(name, q.to_event(info.event_dim) if info.event_dim else q)
             # The draw carries its distribution: local reparameterization reads (mean, variance)
             # from it instead of recomputing softplus(rho) (see handlers.lrt).

@@ -45,6 +45,8 @@ class SSVI(SVI):
     the model at sampled weights, ranks them, and moves ``r_t`` of each sparse site's active
     entries elsewhere (see :mod:`pyro_ssvi.surgery`). Without ``num_steps`` the drop fraction
     stays at ``drop_fraction`` and updates never stop, unless ``update_end`` is a step count.
+    :meth:`step_async` is the same step without a host synchronization (for GPUs);
+    :meth:`state_dict` / :meth:`load_state_dict` carry the schedule position for checkpoints.
 
     :param model: Pyro model, e.g. from :mod:`pyro_ssvi.models`.
     :param guide: a :class:`~pyro_ssvi.guides.MaskedAutoNormal` of the model.

@@ -204,7 +204,7 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
     seed_everything(int(cfg.seed))
     train_data, test_data = load_data(cfg)
     # Built now so that a bad OOD set fails before training, not after it.
-    ood_data = ood_dataset(cfg.eval.ood, test_data, cfg.data.root, int(cfg.seed)) if cfg.eval.ood else None
+    ood_data = ood_dataset(cfg.eval.ood, test_data, None, int(cfg.seed)) if cfg.eval.ood else None  # default roots
     info = DataInfo(train_data.image_shape, train_data.num_classes, len(train_data))
     channels_last = bool(cfg.train.channels_last) and len(info.input_shape) == 3
     loader = DeviceLoader(
