@@ -157,3 +157,28 @@ def test_weight_draws_skipped_only_for_sites_routed_through_lrt_ops():
     for _ in range(3):
         svi.step(x, y)
     assert svi._skip_draws.sites == frozenset()  # its weights keep being drawn
+
+
+def test_lrt_path_with_skipped_draws_matches_hand_computed_objective(monkeypatch):
+    """The training path (LRT, skipped draws, lean loss) against eq. 3-4 written out by hand."""
+    import torch.nn.functional as F
+
+    model, guide, x, y = _setup()
+    n, beta = 1000, 0.5
+    model.num_data = n
+    optim = torch.optim.SGD(list(guide.parameters()) + list(model.parameters()), lr=0.0)
+    svi = SSVI(model, guide, optim, TraceMeanField_ELBO(), kl_max=beta, kl_warmup=0.0, num_data=n)
+    svi.step(x, y)
+    assert svi._skip_draws.sites == set(guide.sites)  # from now on no weight is drawn
+    eps = 0.7  # fixed "noise", so the LRT output is deterministic
+    monkeypatch.setattr(torch, "randn_like", lambda t: torch.full_like(t, eps))
+    loss = svi.step(x, y)
+
+    def layer(h, name, bias):
+        mean, var = guide.moments(name)
+        return F.linear(h, mean, bias) + F.linear(h * h, var).clamp_min(1e-16).sqrt() * eps
+
+    with torch.no_grad():
+        logits = layer(layer(x, "1.weight", model.net[1].bias).relu(), "3.weight", model.net[3].bias)
+        expected = F.cross_entropy(logits, y) + beta * _hand_kl(guide) / n
+    assert loss == pytest.approx(float(expected), rel=1e-5)
