@@ -110,6 +110,7 @@ def build_svi(cfg: DictConfig, model, guide, optimizer, num_steps: int, num_data
         drop_fraction=float(m.drop_fraction),
         update_end=float(m.update_end),
         removal=m.removal,
+        removal_lambda=m.removal_lambda,
         addition=m.addition,
         sigma_init=sigma_init,
         kl_max=float(m.kl_max),

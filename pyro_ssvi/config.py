@@ -146,6 +146,12 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "method.drop_fraction", low=0, high=1)
     _number(cfg, "method.update_end", low=0, high=1, low_open=True)
     _choice(cfg, "method.removal", REMOVAL_CRITERIA)
+    _number(cfg, "method.removal_lambda", low=0, low_open=True, none_ok=True)
+    if _get(cfg, "method.removal_lambda") is not None and cfg.method.removal not in ("mean_exp_abs", "snr_exp_abs"):
+        raise SSVIConfigError(
+            f"method.removal_lambda applies to mean_exp_abs and snr_exp_abs only; method.removal is "
+            f"{cfg.method.removal!r}: set method.removal_lambda=null or pick an exp criterion"
+        )
     _choice(cfg, "method.addition", ADDITION_CRITERIA)
     sigma_init = _get(cfg, "method.sigma_init")
     if sigma_init != "mean":

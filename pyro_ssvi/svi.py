@@ -58,6 +58,7 @@ class SSVI(SVI):
     :param update_interval: ΔT in steps. :param drop_fraction: α.
     :param update_end: fraction of ``num_steps`` (float) or step (int) after which masks stay.
     :param removal: removal criterion name (:data:`pyro_ssvi.criteria.REMOVAL_CRITERIA`).
+    :param removal_lambda: λ of ``mean_exp_abs`` / ``snr_exp_abs`` (eq. 8; default 1).
     :param addition: ``"grad"`` (|dL/dtheta| at one draw), ``"grad_mean"`` (at theta = mu) or
         ``"grad_mc"`` (|mean gradient| over ``addition_samples`` draws).
     :param sigma_init: sigma of regrown entries: ``"mean"`` (the site's mean active sigma) or a float.
@@ -81,6 +82,7 @@ class SSVI(SVI):
         drop_fraction: float = 0.3,
         update_end: Union[float, int] = 0.75,
         removal: str = "snr_abs",
+        removal_lambda: Optional[float] = None,
         addition: str = "grad",
         addition_samples: int = 4,
         sigma_init: Union[str, float] = "mean",
@@ -121,7 +123,7 @@ class SSVI(SVI):
             self.loss_and_grads = _backward_mean_field_loss
         self.num_steps = num_steps
         self.schedule = SurgerySchedule(update_interval, drop_fraction, update_end, num_steps)
-        self.removal = get_removal_criterion(removal)
+        self.removal = get_removal_criterion(removal, lam=removal_lambda)
         self.addition = check_addition_criterion(addition)
         self.addition_samples = addition_samples if addition == "grad_mc" else 1
         self.sigma_init = sigma_init

@@ -98,7 +98,9 @@ def _resume_config(cfg: DictConfig) -> Tuple[DictConfig, Optional[dict]]:
     if not cfg.resume:
         return cfg, None
     state = checkpoint.read(cfg.resume)
-    stored = OmegaConf.create(state["config"])
+    # The stored config wins; keys added to pyro_ssvi after the checkpoint was written take
+    # this run's values (its defaults or overrides), so older checkpoints stay resumable.
+    stored = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg)), OmegaConf.create(state["config"]))
     for key in RUNTIME_KEYS:
         stored[key] = cfg[key]
     validate(stored)

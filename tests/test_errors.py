@@ -148,3 +148,15 @@ def test_step_async_reports_non_finite_loss_at_the_next_check():
         svi.step_async(x, y)  # step 3 updates masks: it checks first
     assert all(torch.equal(masks[k], v) for k, v in guide.masks.items())
     assert len(svi.surgery_log) == 0
+
+
+def test_removal_lambda_reaches_the_exp_criteria():
+    from pyro_ssvi.criteria import snr_exp_abs
+
+    model, guide, _, _ = _model_guide()
+    optim = pyro.optim.SGD({"lr": 0.1})
+    svi = SSVI(model, guide, optim, Trace_ELBO(), removal="snr_exp_abs", removal_lambda=3.0)
+    mu, sigma = torch.tensor([0.5, -1.0]), torch.tensor([0.3, 0.2])
+    assert torch.equal(svi.removal(mu, sigma), snr_exp_abs(mu, sigma, lam=3.0))
+    with pytest.raises(SSVIConfigError, match="takes no lam"):
+        SSVI(model, guide, optim, Trace_ELBO(), removal="snr_abs", removal_lambda=3.0)

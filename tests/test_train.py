@@ -92,6 +92,7 @@ def test_paper_experiments_match_the_recipe(name, data):
     ("train.precision=fp16", "train.precision", "fp32, bf16"),
     ("train.loss_sync=never", "train.loss_sync", "auto, step, epoch"),
     ("eval.ood=svhn", "eval.ood", "noise, vflip"),
+    ("method.removal_lambda=2.0", "method.removal_lambda", "mean_exp_abs and snr_exp_abs"),
     ("train.channels_last=maybe", "train.channels_last", "true, false"),
 ])
 def test_invalid_config_fails_before_training_naming_key_and_allowed(tmp_path, override, key, allowed):
@@ -270,3 +271,16 @@ def test_ood_auroc_in_final_metrics(tmp_path):
     with pytest.raises(SSVIConfigError, match="shape"):  # before any training: no outputs
         train.run(cfg_for(tmp_path / "bad", "eval.ood=fashion_mnist", "train.epochs=1"))
     assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def test_resume_from_a_checkpoint_written_before_a_config_key_existed(tmp_path):
+    train.run(cfg_for(tmp_path / "run", "train.epochs=1"))
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = checkpoint.read(path)
+    del state["config"]["train"]["loss_sync"]  # as if saved by an older pyro_ssvi
+    del state["config"]["eval"]["ood"]
+    for key in ("format", "version"):
+        state.pop(key)
+    checkpoint.save(path, state)
+    final = train.run(cfg_for(tmp_path / "resumed", f"resume={path}"))
+    assert final["epochs"] == 1 and 0.0 <= final["accuracy"] <= 1.0
