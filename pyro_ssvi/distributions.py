@@ -10,14 +10,15 @@ entries too, and its KL divergence to a Normal prior is registered in closed for
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
-from pyro.distributions import Normal
+from pyro.distributions import Independent, Normal
 from torch import Tensor
 from torch.distributions import register_kl
 from torch.distributions.utils import lazy_property
 
-__all__ = ["MaskedNormal", "masked_normal_kl"]
+__all__ = ["ActiveSubspace", "MaskedNormal", "masked_normal_kl"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -36,14 +37,26 @@ class MaskedNormal(Normal):
     :param indicator: optional ``mask`` as 0/1 in ``loc``'s dtype. Products with a bool tensor
         cost a conversion kernel forward and another backward; a guide that caches this tensor
         saves both on every step.
+    :param active: optional ``mask.nonzero(as_tuple=True)``: then ``to_event`` over all
+        dimensions gives an :class:`ActiveSubspace`, whose KL is computed on the active entries
+        only (a tenth of the work at 90% sparsity) instead of everywhere and then masked.
     """
 
-    def __init__(self, loc: Tensor, scale: Tensor, mask: Tensor, validate_args=None, *, indicator=None):
+    def __init__(
+        self, loc: Tensor, scale: Tensor, mask: Tensor, validate_args=None, *, indicator=None, active=None
+    ):
         super().__init__(loc, scale, validate_args=validate_args)
         self.mask = mask.expand(self.batch_shape) if mask.shape != self.batch_shape else mask
         if indicator is None:
             indicator = self.mask.to(self.loc.dtype)
         self.indicator = indicator.expand(self.batch_shape) if indicator.shape != self.batch_shape else indicator
+        self.active = active
+
+    def to_event(self, reinterpreted_batch_ndims=None):
+        ndims = len(self.batch_shape) if reinterpreted_batch_ndims is None else reinterpreted_batch_ndims
+        if self.active is not None and ndims == len(self.batch_shape):
+            return ActiveSubspace(self, ndims)
+        return super().to_event(ndims)
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
@@ -74,8 +87,9 @@ class MaskedNormal(Normal):
         return torch.where(self.mask, super().entropy(), 0.0)
 
 
-def masked_normal_kl(loc: Tensor, scale: Tensor, indicator: Tensor, prior_loc, prior_scale) -> Tensor:
-    """Elementwise ``KL(N(loc, scale^2) || N(prior_loc, prior_scale^2))`` times ``indicator`` (0/1).
+def masked_normal_kl(loc: Tensor, scale: Tensor, indicator: Optional[Tensor], prior_loc, prior_scale) -> Tensor:
+    """Elementwise ``KL(N(loc, scale^2) || N(prior_loc, prior_scale^2))`` times ``indicator`` (0/1;
+    None: every entry counts).
 
     ``log(s_p / s_q) + (s_q^2 + (m_q - m_p)^2) / (2 s_p^2) - 1/2`` in nats, same shape as ``loc``.
     A product rather than ``torch.where``: the inactive entries' placeholders are finite by the
@@ -83,7 +97,27 @@ def masked_normal_kl(loc: Tensor, scale: Tensor, indicator: Tensor, prior_loc, p
     """
     var_ratio = (scale / prior_scale).pow(2)
     mahalanobis = ((loc - prior_loc) / prior_scale).pow(2)
-    return (0.5 * (var_ratio + mahalanobis - 1.0 - var_ratio.log())) * indicator
+    kl = 0.5 * (var_ratio + mahalanobis - 1.0 - var_ratio.log())
+    return kl if indicator is None else kl * indicator
+
+
+class ActiveSubspace(Independent):
+    """``MaskedNormal(...).to_event()`` over all dimensions when the active entries are indexed.
+
+    Same distribution as ``Independent``; it exists so that its KL divergence to a Normal prior
+    (registered below) is computed on the gathered active entries.
+    """
+
+
+@register_kl(ActiveSubspace, Independent)
+def _kl_active_subspace(q: ActiveSubspace, p: Independent) -> Tensor:
+    base_q, base_p = q.base_dist, p.base_dist
+    if not isinstance(base_p, Normal) or p.reinterpreted_batch_ndims != q.reinterpreted_batch_ndims:
+        raise NotImplementedError
+    index = base_q.active
+    # Advanced indexing gathers from expanded (stride-0) prior tensors without materializing them.
+    kl = masked_normal_kl(base_q.loc[index], base_q.scale[index], None, base_p.loc[index], base_p.scale[index])
+    return kl.sum()
 
 
 @register_kl(MaskedNormal, Normal)

@@ -147,6 +147,7 @@ class MaskedAutoNormal(AutoGuide):
         self.seed = seed
         self._sites: Dict[str, SiteInfo] = {}
         self._indicators: Dict[str, Tuple[Tensor, int, Tensor]] = {}
+        self._active: Dict[str, Tuple[Tensor, int, Tuple[Tensor, ...]]] = {}
         #: Emit ``pyro.param`` statements for loc/rho so ``pyro.infer.SVI`` finds them. SSVI
         #: collects the guide's parameters itself and switches this off during its own calls.
         self.announce_params = True
@@ -276,7 +277,25 @@ class MaskedAutoNormal(AutoGuide):
 
     def _masked_normal(self, name: str) -> MaskedNormal:
         loc, rho = self.site_params(name)
-        return MaskedNormal(loc, F.softplus(rho), self.site_mask(name), indicator=self.site_indicator(name))
+        return MaskedNormal(
+            loc, F.softplus(rho), self.site_mask(name), indicator=self.site_indicator(name),
+            active=self.site_active_index(name),
+        )
+
+    def site_active_index(self, name: str) -> Optional[Tuple[Tensor, ...]]:
+        """Per-dimension indices of a sparse site's active entries (None for a dense site).
+
+        Cached like :meth:`site_indicator`; computing it synchronizes with the device, so
+        surgery refreshes it on its own (already synchronizing) step.
+        """
+        if not self._sites[name].sparse:
+            return None
+        mask = self.site_mask(name)
+        cached = self._active.get(name)
+        if cached is None or cached[0] is not mask or cached[1] != mask._version:
+            cached = (mask, mask._version, mask.nonzero(as_tuple=True))
+            self._active[name] = cached
+        return cached[2]
 
     # ------------------------------------------------------------------ Pyro interface
     def forward(self, *args, **kwargs) -> Dict[str, Tensor]:

@@ -322,6 +322,8 @@ class SSVI(SVI):
                     loc, rho, self.guide.site_mask(name), self.removal(loc, F.softplus(rho)),
                     addition_scores[name], k, self.sigma_init, self._state_lookup,
                 )
+                if hasattr(self.guide, "site_active_index"):
+                    self.guide.site_active_index(name)  # its one sync, here rather than next step
             record["sites"][name] = {"removed": k, "added": k}
         self.surgery_log.append(record)
         return record

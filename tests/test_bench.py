@@ -64,3 +64,11 @@ def test_unsupported_option_is_reported_not_fatal(tmp_path):
     assert "skipped" in rep["results"]["ssvi"]
     assert rep["results"]["plain"]["images_per_s"] > 0
     assert rep["ratios"]["a/d"] is None
+
+
+def test_kl_cost_benchmark_measures_both_forms():
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "kl_cost.py"), "--width", "0.0625", "--repeats", "1"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    assert "dense-masked" in out and "active-only" in out and "active-only / dense-masked" in out

@@ -52,6 +52,15 @@ def test_kl_is_closed_form_and_exact_for_trace_mean_field():
     first, second = svi.evaluate_loss(x), svi.evaluate_loss(x)
     assert first == second  # no sampling involved: the KL is analytic
     assert first == pytest.approx(_hand_kl(guide), rel=1e-5)
+    # Sparse sites go through the active-entries-only KL; it agrees with the dense masked one.
+    from pyro_ssvi.distributions import ActiveSubspace, masked_normal_kl
+
+    for name in guide.sites:
+        q = guide.get_distribution(name)
+        assert isinstance(q, ActiveSubspace)
+        prior = model.net[int(name.split(".")[0])].weight_prior()
+        dense = masked_normal_kl(q.base_dist.loc, q.base_dist.scale, q.base_dist.indicator, 0.0, PRIOR).sum()
+        assert kl_divergence(q, prior).shape == () and torch.allclose(kl_divergence(q, prior), dense)
     # And the analytic pair is registered for the masked prior SSVI builds, and for the raw prior.
     for name in guide.sites:
         prior = model.net[int(name.split(".")[0])].weight_prior()
