@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import SSVIConfigError
+from .guides import plan_site
 from .models.layers import BayesConv2d, BayesianLayer, BayesLinear
 from .schedule import SurgerySchedule
 
@@ -111,9 +112,14 @@ def site_densities(model: nn.Module, densities: Densities) -> Dict[str, float]:
             raise SSVIConfigError(f"densities for unknown sites {sorted(unknown)}; sites are {names}")
         return {n: float(densities.get(n, 1.0)) for n in names}
     if isinstance(densities, (int, float)) and 0 < densities <= 1:
-        dense = set(getattr(model, "default_dense_sites", ()))
-        shapes = {m.site_name: m.weight_shape for m in model.modules() if isinstance(m, BayesianLayer)}
-        return {n: (1.0 if n in dense or len(shapes[n]) < 2 else float(densities)) for n in names}
+        # The guide's own rule (dense stem, dense 1-D sites, rounded active counts).
+        dense = tuple(getattr(model, "default_dense_sites", ()))
+        out = {}
+        for m in model.modules():
+            if isinstance(m, BayesianLayer):
+                _, active = plan_site(m.site_name, m.weight_shape, 1.0 - float(densities), dense)
+                out[m.site_name] = active / m.weight_shape.numel()
+        return out
     raise SSVIConfigError(
         f"densities must be a MaskedAutoNormal, a mapping site -> density or a float in (0, 1], got {densities!r}"
     )

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .distributions import MaskedNormal
 from .errors import SSVIConfigError
 
-__all__ = ["MaskedAutoNormal", "SiteInfo", "init_to_normal", "num_active_entries", "softplus_inverse"]
+__all__ = ["MaskedAutoNormal", "SiteInfo", "init_to_normal", "num_active_entries", "plan_site", "softplus_inverse"]
 
 InitLocFn = Callable[[dict], Tensor]
 InitScale = Union[float, Tuple[float, float]]
@@ -42,6 +42,14 @@ def softplus_inverse(scale: Tensor) -> Tensor:
 def num_active_entries(numel: int, sparsity: float) -> int:
     """``round((1 - sparsity) * numel)``, at least 1 so no layer is cut off entirely."""
     return max(1, round((1.0 - sparsity) * numel))
+
+
+def plan_site(name: str, shape, sparsity: float, dense_sites=(), sparse_1d: bool = False) -> Tuple[bool, int]:
+    """``(sparse, num_active)`` of a site: sparse unless ``sparsity == 0``, listed in
+    ``dense_sites``, or of fewer than 2 dimensions (biases) without ``sparse_1d``."""
+    numel = torch.Size(shape).numel()
+    sparse = sparsity > 0 and name not in dense_sites and (len(shape) >= 2 or sparse_1d)
+    return sparse, (num_active_entries(numel, sparsity) if sparse else numel)
 
 
 def init_to_normal(std: Optional[float] = None) -> InitLocFn:
@@ -197,12 +205,7 @@ class MaskedAutoNormal(AutoGuide):
     def _init_site(self, name: str, site: dict, generator: Optional[torch.Generator]) -> None:
         value = site["value"].detach()
         shape = value.shape
-        sparse = (
-            self.sparsity > 0
-            and name not in self.dense_sites
-            and (len(shape) >= 2 or self.sparse_1d)
-        )
-        num_active = num_active_entries(shape.numel(), self.sparsity) if sparse else shape.numel()
+        sparse, num_active = plan_site(name, shape, self.sparsity, self.dense_sites, self.sparse_1d)
         info = SiteInfo(shape, site["fn"].event_dim, sparse, num_active)
         self._sites[name] = info
 
@@ -251,12 +254,17 @@ class MaskedAutoNormal(AutoGuide):
         tensor is rebuilt only when the mask buffer is replaced (``.to``, loading) or modified in
         place (surgery bumps its version counter).
         """
+        dtype = self.site_params(name)[0].dtype
+        return self._derived_from_mask(self._indicators, name, lambda mask: mask.to(dtype))
+
+    def _derived_from_mask(self, store: dict, name: str, compute):
+        """``compute(mask)``, cached in ``store`` while the mask buffer is the same tensor with the
+        same version (``.to()`` and loading replace or rewrite it; surgery bumps the version)."""
         mask = self.site_mask(name)
-        cached = self._indicators.get(name)
+        cached = store.get(name)
         if cached is None or cached[0] is not mask or cached[1] != mask._version:
-            dtype = self.site_params(name)[0].dtype
-            cached = (mask, mask._version, mask.to(dtype))
-            self._indicators[name] = cached
+            cached = (mask, mask._version, compute(mask))
+            store[name] = cached
         return cached[2]
 
     def scale(self, name: str) -> Tensor:
@@ -290,12 +298,7 @@ class MaskedAutoNormal(AutoGuide):
         """
         if not self._sites[name].sparse:
             return None
-        mask = self.site_mask(name)
-        cached = self._active.get(name)
-        if cached is None or cached[0] is not mask or cached[1] != mask._version:
-            cached = (mask, mask._version, mask.nonzero(as_tuple=True))
-            self._active[name] = cached
-        return cached[2]
+        return self._derived_from_mask(self._active, name, lambda mask: mask.nonzero(as_tuple=True))
 
     # ------------------------------------------------------------------ Pyro interface
     def forward(self, *args, **kwargs) -> Dict[str, Tensor]:

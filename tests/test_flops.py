@@ -60,8 +60,11 @@ def test_float_density_keeps_stem_dense():
     model = models.resnet18(width=0.125)
     dens = site_densities(model, 0.1)
     assert dens["conv1.weight"] == 1.0
-    assert dens["linear.weight"] == 0.1
-    assert sum(d == 0.1 for d in dens.values()) == 20
+    assert sum(abs(d - 0.1) < 0.01 for d in dens.values()) == 20  # rounding on small shortcuts
+    # Exactly the guide's rounded active counts, not the nominal density.
+    guide = MaskedAutoNormal(model, sparsity=0.9)
+    guide(torch.zeros(1, 3, 32, 32))
+    assert dens == site_densities(model, guide)
 
 
 def test_bad_densities():
