@@ -246,12 +246,11 @@ class SSVI(SVI):
             if t == 0:
                 self._check_optimizer_covers_guide()
             if sync or not torch.is_tensor(loss):
-                if not math.isfinite(float(loss)):
-                    self.optim.zero_grad()
-                    raise self._non_finite(loss, t)
-            else:
+                self._check_finite(loss, t, ())
+            else:  # recorded on the device; check_finite() looks at it
                 finite = torch.isfinite(loss)
-                self._unchecked = (finite, t) if self._unchecked is None else (self._unchecked[0] & finite, self._unchecked[1])
+                first = t if self._unchecked is None else self._unchecked[1]
+                self._unchecked = (finite if self._unchecked is None else self._unchecked[0] & finite, first)
             self.optim.step()
             self.optim.zero_grad()
             return float(loss) if sync else loss
@@ -298,7 +297,7 @@ class SSVI(SVI):
                 loss = float(self.loss_and_grads(self._model_sampled, guide, *args, **kwargs))
             params = self._params(capture.trace)
             self._check_finite(loss, t, params)
-            total_loss += float(loss)
+            total_loss += loss
             for name, value in retain.values.items():
                 grad = value.grad if value.grad is not None else torch.zeros_like(value)
                 grad_sums[name] = grad_sums.get(name, 0) + grad.detach()
