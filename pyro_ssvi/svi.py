@@ -98,7 +98,7 @@ class SSVI(SVI):
                 f"optim must be a pyro.optim optimizer (e.g. pyro.optim.SGD({{'lr': 0.01}})) or a "
                 f"torch.optim.Optimizer, got {type(optim).__name__}"
             )
-        for attr in ("sites", "masks", "site_params", "moments"):
+        for attr in ("sites", "site_mask", "site_params", "moments", "loc_parameters"):  # what SSVI calls
             if not hasattr(guide, attr):
                 raise SSVIConfigError(f"SSVI needs a MaskedAutoNormal guide; {type(guide).__name__} has no {attr!r}")
         if not (sigma_init == "mean" or (isinstance(sigma_init, (int, float)) and sigma_init > 0)):
