@@ -32,7 +32,7 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     model = models.resnet18(width=args.width).to(device)
     guide = MaskedAutoNormal(model, sparsity=args.sparsity)
-    guide(torch.randn(1, 3, 32, 32, device=device))
+    guide(torch.randn(1, 3, 32, 32, device=device), torch.zeros(1, dtype=torch.long, device=device))
     layers = {m.site_name: m for m in model.modules() if isinstance(m, models.BayesianLayer)}
 
     def active_only():

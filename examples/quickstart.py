@@ -17,7 +17,7 @@ x_test, y_test = next(iter(DeviceLoader(test, batch_size=len(test), device="cpu"
 
 model = models.mlp([64, 256, 256, 10], prior_scale=1.0, num_data=len(train))
 guide = MaskedAutoNormal(model, sparsity=0.9)  # 10% of each weight matrix is Bayesian, the rest is 0
-guide(x_test[:2])  # create the guide's parameters before building the optimizer
+guide(x_test[:2], y_test[:2])  # set the guide up (observations included) before building the optimizer
 optim = torch.optim.SGD([*guide.parameters(), *model.parameters()], lr=0.05, momentum=0.9)
 epochs = 30
 svi = SSVI(model, guide, optim, TraceMeanField_ELBO(), num_steps=epochs * len(loader),

@@ -8,12 +8,12 @@
 >>> svi = SSVI(model, guide, pyro.optim.SGD({"lr": 0.05}), TraceMeanField_ELBO(), num_steps=1000, num_data=1000)
 """
 
-from . import criteria, handlers, models, ops
-from .distributions import MaskedNormal
+from . import criteria, handlers, models, nn, ops
+from .distributions import MaskedNormal, SubspacePrior
 from .errors import NonFiniteLossError, SSVIConfigError, SSVIError
 from .checkpoint import load
 from .guides import MaskedAutoNormal
-from .svi import SSVI
+from .svi import PAPER_RECIPE, SSVI
 
 __version__ = "0.1.0"
 
@@ -21,12 +21,15 @@ __all__ = [
     "MaskedAutoNormal",
     "MaskedNormal",
     "NonFiniteLossError",
+    "PAPER_RECIPE",
     "SSVI",
     "SSVIConfigError",
     "SSVIError",
+    "SubspacePrior",
     "criteria",
     "handlers",
     "load",
     "models",
+    "nn",
     "ops",
 ]

@@ -60,9 +60,10 @@ def build_guide(cfg: DictConfig, model) -> MaskedAutoNormal:
 
 
 def setup_guide(guide: MaskedAutoNormal, input_shape: Sequence[int], device: torch.device) -> None:
-    """Create the guide's sites with one call on a dummy batch [2, *input_shape] (no labels)."""
+    """Create the guide's sites with one call on a dummy batch [2, *input_shape] with labels (the
+    labels make ``obs`` an observation, as in training, rather than a latent)."""
     with torch.no_grad():
-        guide(torch.zeros(2, *input_shape, device=device))
+        guide(torch.zeros(2, *input_shape, device=device), torch.zeros(2, dtype=torch.long, device=device))
 
 
 def build_optimizer(cfg: DictConfig, model, guide: MaskedAutoNormal) -> torch.optim.SGD:

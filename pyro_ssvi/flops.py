@@ -97,8 +97,8 @@ def site_densities(model: nn.Module, densities: Densities) -> Dict[str, float]:
 
     - a :class:`~pyro_ssvi.guides.MaskedAutoNormal` (set up): ``num_active / numel`` per site;
     - a mapping ``site -> density`` (missing sites are dense);
-    - a float: that density for every site except the model's ``default_dense_sites``
-      (the ResNet stem) and sites of fewer than 2 dimensions, which stay dense (as the guide does).
+    - a float: that density for every site except the layers marked ``dense`` (the ResNet stem)
+      and sites of fewer than 2 dimensions, which stay dense (as the guide does).
     """
     names = [m.site_name for m in model.modules() if isinstance(m, BayesianLayer)]
     if hasattr(densities, "sites"):
@@ -113,7 +113,7 @@ def site_densities(model: nn.Module, densities: Densities) -> Dict[str, float]:
         return {n: float(densities.get(n, 1.0)) for n in names}
     if isinstance(densities, (int, float)) and 0 < densities <= 1:
         # The guide's own rule (dense stem, dense 1-D sites, rounded active counts).
-        dense = tuple(getattr(model, "default_dense_sites", ()))
+        dense = tuple(m.site_name for m in model.modules() if isinstance(m, BayesianLayer) and m.dense)
         out = {}
         for m in model.modules():
             if isinstance(m, BayesianLayer):

@@ -79,6 +79,10 @@ def predict(
         raise SSVIConfigError(f"batch_size must be >= 1 or None, got {batch_size!r}")
     if len(x) == 0:
         raise SSVIConfigError("predict() got an empty input x")
+    if getattr(guide, "prototype_trace", True) is None:
+        raise SSVIConfigError(
+            "predict() needs a guide that is set up: train it first, or call guide(x, y) once with observations"
+        )
     chunks = x.split(batch_size) if batch_size else (x,)
     guide_fn = guide
     if mode == "mean":

@@ -8,7 +8,21 @@ from typing import Optional, Union
 
 from .errors import SSVIConfigError
 
-__all__ = ["SurgerySchedule", "kl_weight"]
+__all__ = ["PAPER_RECIPE", "SurgerySchedule", "kl_weight"]
+
+#: The schedule of the SSVI paper's experiments (its code: KL weight 0.01 per data point, linear
+#: warm-up over the first half of training): ``SSVI(..., num_data=N, **PAPER_RECIPE)``. The
+#: defaults of :class:`~pyro_ssvi.SSVI` are the true ELBO instead (beta = 1, no warm-up), as in
+#: ``pyro.infer.SVI``.
+PAPER_RECIPE = {
+    "update_interval": 100,
+    "drop_fraction": 0.3,
+    "update_end": 0.75,
+    "removal": "snr_abs",
+    "addition": "grad",
+    "kl_max": 0.01,
+    "kl_warmup": 0.5,
+}
 
 
 @dataclass(frozen=True)

@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from typing import Dict, List, Optional, Set, Tuple, Union
 
 import pyro.optim
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.infer import SVI
 from pyro.infer.abstract_infer import TracePosterior
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import zero_grads
 from torch import Tensor
 
+from . import estimators, params
 from .criteria import check_addition_criterion, get_removal_criterion
 from .errors import NonFiniteLossError, SSVIConfigError
-from .objective import mean_field_loss
 from .handlers import (
+    DrawNeeded,
     LRTMessenger,
     MaskPriorMessenger,
     RetainWeightGradsMessenger,
     ScaleLatentsMessenger,
+    SkipDrawsMessenger,
     UseMeansMessenger,
 )
-from .schedule import SurgerySchedule, kl_weight
+from .leaves import BackwardLeaves, untrained_message
+from .schedule import PAPER_RECIPE, SurgerySchedule, kl_weight
 from .surgery import optimizer_state_lookup, update_site
+from .wiring import sparse_part, unused_optim_state, with_point_estimates
 
-__all__ = ["SSVI"]
+__all__ = ["PAPER_RECIPE", "SSVI"]
 
 
 class SSVI(SVI):
@@ -38,22 +44,31 @@ class SSVI(SVI):
 
         loss = [ -E_q log p(y | theta) + beta_t * KL(q || p) ] / num_data
 
-    (KL over active entries only; the ``/ num_data`` only when ``num_data`` is given) with
-    ``loss``'s estimator (``Trace_ELBO``: Monte Carlo KL; ``TraceMeanField_ELBO``: closed form),
-    takes an optimizer step and returns the loss as a float, like :meth:`pyro.infer.SVI.step`.
-    Every ``update_interval`` steps until ``update_end``, instead of an optimizer step it runs
-    the model at sampled weights, ranks them, and moves ``r_t`` of each sparse site's active
-    entries elsewhere (see :mod:`pyro_ssvi.surgery`). Without ``num_steps`` the drop fraction
-    stays at ``drop_fraction`` and updates never stop, unless ``update_end`` is a step count.
-    :meth:`step_async` is the same step without a host synchronization (for GPUs);
-    :meth:`state_dict` / :meth:`load_state_dict` carry the schedule position for checkpoints.
+    (KL over active entries only, whatever the model's priors; the ``/ num_data`` only when
+    ``num_data`` is given) with ``loss``'s estimator (``Trace_ELBO``: Monte Carlo KL;
+    ``TraceMeanField_ELBO``: closed form; their JIT forms), takes an optimizer step and returns
+    the loss as a float, like :meth:`pyro.infer.SVI.step`. With the default schedule keywords
+    this is the true ELBO (beta = 1), as ``pyro.infer.SVI`` optimises; the paper's tempered
+    recipe is :data:`PAPER_RECIPE`. Every ``update_interval`` steps until ``update_end``, instead
+    of an optimizer step it runs the model at sampled weights, ranks them, and moves ``r_t`` of
+    each sparse site's active entries elsewhere (see :mod:`pyro_ssvi.surgery`). Without
+    ``num_steps`` the drop fraction stays at ``drop_fraction`` and updates never stop, unless
+    ``update_end`` is a step count. :meth:`step_async` is the same step without a host
+    synchronization (for GPUs); :meth:`state_dict` / :meth:`load_state_dict` carry the schedule
+    position for checkpoints.
 
-    :param model: Pyro model, e.g. from :mod:`pyro_ssvi.models`.
-    :param guide: a :class:`~pyro_ssvi.guides.MaskedAutoNormal` of the model.
-    :param optim: a ``pyro.optim.PyroOptim`` (e.g. ``pyro.optim.SGD({...})``) or a
+    Parameters trained: with a ``pyro.optim`` optimizer, everything Pyro sees (the guide's, our
+    models' point estimates, ``pyro.param`` / ``pyro.module`` / ``PyroModule`` parameters) plus the
+    parameters of a model that is an ``nn.Module``; with a torch optimizer, what it holds. The
+    first step checks that every tensor the loss depends on is trained, and raises otherwise.
+
+    :param model: any Pyro model, e.g. from :mod:`pyro_ssvi.models`.
+    :param guide: a :class:`~pyro_ssvi.guides.MaskedAutoNormal` of the model, or an
+        ``AutoGuideList`` holding exactly one.
+    :param optim: a ``pyro.optim.PyroOptim`` (e.g. ``pyro.optim.Adam({...})``) or a
         ``torch.optim.Optimizer`` built over ``guide.parameters()`` and the model's parameters
         (set the guide up first with ``guide(*args)``); the latter steps all tensors at once.
-    :param loss: a Pyro ELBO (``Trace_ELBO()`` or ``TraceMeanField_ELBO()``).
+    :param loss: a Pyro ELBO (``Trace_ELBO()``, ``TraceMeanField_ELBO()`` or a JIT form).
     :param num_steps: total number of steps (for the cosine drop fraction and the KL warm-up).
     :param update_interval: ΔT in steps. :param drop_fraction: α.
     :param update_end: fraction of ``num_steps`` (float) or step (int) after which masks stay.
@@ -62,12 +77,13 @@ class SSVI(SVI):
     :param addition: ``"grad"`` (|dL/dtheta| at one draw), ``"grad_mean"`` (at theta = mu) or
         ``"grad_mc"`` (|mean gradient| over ``addition_samples`` draws).
     :param sigma_init: sigma of regrown entries: ``"mean"`` (the site's mean active sigma) or a float.
-    :param kl_max: final KL weight beta (the paper's code: 0.01; 1.0 is the exact ELBO).
+    :param kl_max: final KL weight beta (1.0: the exact ELBO; the paper's code: 0.01).
     :param kl_warmup: fraction of ``num_steps`` over which beta rises linearly from 0 (0: none).
     :param num_data: data-set size N; if given the loss is divided by it (per-datapoint loss,
         so the paper's learning rates apply). The model's plate must already scale the
         minibatch likelihood to N.
-    :param lrt: compute layers by local reparameterization on ordinary steps.
+    :param lrt: compute layers by local reparameterization on ordinary steps (layers that call
+        :mod:`pyro_ssvi.ops`: pyro_ssvi's models, or see :func:`pyro_ssvi.nn.enable_lrt`).
     """
 
     def __init__(
@@ -86,21 +102,20 @@ class SSVI(SVI):
         addition: str = "grad",
         addition_samples: int = 4,
         sigma_init: Union[str, float] = "mean",
-        kl_max: float = 0.01,
-        kl_warmup: float = 0.5,
+        kl_max: float = 1.0,
+        kl_warmup: float = 0.0,
         num_data: Optional[int] = None,
         lrt: bool = True,
     ) -> None:
         if not isinstance(loss, ELBO):
             raise SSVIConfigError(f"loss must be a Pyro ELBO such as Trace_ELBO(), got {type(loss).__name__}")
+        estimators.check_supported(loss)
         if not isinstance(optim, (pyro.optim.PyroOptim, torch.optim.Optimizer)):
             raise SSVIConfigError(
                 f"optim must be a pyro.optim optimizer (e.g. pyro.optim.SGD({{'lr': 0.01}})) or a "
                 f"torch.optim.Optimizer, got {type(optim).__name__}"
             )
-        for attr in ("sites", "site_mask", "site_params", "moments", "loc_parameters"):  # what SSVI calls
-            if not hasattr(guide, attr):
-                raise SSVIConfigError(f"SSVI needs a MaskedAutoNormal guide; {type(guide).__name__} has no {attr!r}")
+        sparse_guide = sparse_part(guide)
         if not (sigma_init == "mean" or (isinstance(sigma_init, (int, float)) and sigma_init > 0)):
             raise SSVIConfigError(f"sigma_init must be 'mean' or a positive float, got {sigma_init!r}")
         if not kl_max >= 0:
@@ -114,13 +129,20 @@ class SSVI(SVI):
         # SVI.__init__ insists on a PyroOptim; set up the same attributes without it.
         TracePosterior.__init__(self)
         self.model, self.guide, self.optim = model, guide, optim
+        self.sparse_guide = sparse_guide
+        self.elbo = loss
         self.num_samples = 0
         self.loss, self.loss_and_grads = loss.loss, loss.loss_and_grads
-        # The plain one-particle mean-field ELBO gets a lean, sync-free evaluation (same value
-        # and gradients; tests compare it with pyro.infer.SVI).
-        mean_field = type(loss) is TraceMeanField_ELBO and loss.num_particles == 1
-        if mean_field:
-            self.loss_and_grads = _backward_mean_field_loss
+        lean = estimators.is_lean(loss)
+        if lean:
+            self.loss_and_grads = estimators.backward_mean_field_loss
+        # Mask updates need the weights' dense gradients: never through a compiled function.
+        twin = estimators.eager_twin(loss)
+        self._surgery_loss_and_grads = estimators.backward_mean_field_loss if lean else twin.loss_and_grads
+        self._torch_optim = isinstance(optim, torch.optim.Optimizer)
+        # Pyro's ELBOs and pyro.optim find parameters through pyro.param statements; the lean loss
+        # with a torch optimizer needs none, so pyro_ssvi's modules skip them (params.quiet).
+        self._quiet = lean and self._torch_optim
         self.num_steps = num_steps
         self.schedule = SurgerySchedule(update_interval, drop_fraction, update_end, num_steps)
         self.removal = get_removal_criterion(removal, lam=removal_lambda)
@@ -133,25 +155,26 @@ class SSVI(SVI):
         self.step_count = 0
         self.surgery_log: List[dict] = []
         self._state_lookup = optimizer_state_lookup(optim)
+        self._coverage_checked = False
+        self._optim_state_checked = False
 
+        # A plain nn.Module model announces its parameters (names for pyro.optim's state).
+        model, self._model_store = with_point_estimates(model)
         # One messenger instance each, reused every step; model and guide run one after the other.
         self._beta = ScaleLatentsMessenger(1.0)
         normalize = poutine.scale(scale=1.0 / num_data) if num_data else (lambda fn: fn)
-        self._lrt = LRTMessenger(guide)
-        self._model_sampled = normalize(self._beta(MaskPriorMessenger(guide)(model)))
-        self._model_lrt = normalize(self._beta(MaskPriorMessenger(guide)(self._lrt(model))))
-        # Pyro's ELBOs call backward() only when their traces contain param sites, so the
-        # guide's announcements stay on for them; the lean mean-field loss needs none.
-        quiet_guide = _without_param_statements(guide) if mean_field else guide
-        self._guide = normalize(self._beta(quiet_guide))
-        # Under LRT with a closed-form KL nothing reads a weight draw except the LRT ops, which
-        # use q's moments: skip the draws (randn, scale, shift, mask per site) of the sites that
-        # every LRT step so far has routed through an op (the first step draws them all).
-        self._skip_draws = UseMeansMessenger(frozenset()) if mean_field else None
-        self._lrt_steps = 0
+        self._lrt = LRTMessenger(sparse_guide)
+        self._model_sampled = normalize(self._beta(MaskPriorMessenger(sparse_guide)(model)))
+        self._model_lrt = normalize(self._beta(MaskPriorMessenger(sparse_guide)(self._lrt(model))))
+        self._guide = normalize(self._beta(guide))
+        # Under LRT with a closed-form KL nothing should read a weight draw except the LRT ops,
+        # which use q's moments: the draws are skipped, and a site whose stand-in gets used
+        # anyway is drawn from then on (handlers.skip_draws). Part of state_dict().
+        self._needs_draws: Set[str] = set()
+        self._skip = SkipDrawsMessenger(sparse_guide, self._needs_draws) if (lean and lrt) else None
+        self._guide_lrt = normalize(self._beta(self._skip(guide))) if self._skip else self._guide
         # step_async: (all losses finite so far, first unchecked step), on the device.
         self._unchecked: Optional[Tuple[Tensor, int]] = None
-        self._guide_lrt = normalize(self._beta(self._skip_draws(quiet_guide))) if mean_field else self._guide
 
     # ------------------------------------------------------------------ schedule
     def kl_weight(self, step: Optional[int] = None) -> float:
@@ -167,22 +190,34 @@ class SSVI(SVI):
     def state_dict(self) -> dict:
         """The schedule position and history, for checkpoints (parameters, masks and the
         optimizer have their own state dicts)."""
-        skipped = sorted(self._skip_draws.sites) if self._skip_draws is not None else []
-        return {"step_count": self.step_count, "surgery_log": list(self.surgery_log), "skipped_draws": skipped}
+        return {
+            "step_count": self.step_count,
+            "surgery_log": list(self.surgery_log),
+            "needs_draws": sorted(self._needs_draws),
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output (missing or malformed keys: SSVIConfigError)."""
+        if not isinstance(state, dict) or "step_count" not in state or "surgery_log" not in state:
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise SSVIConfigError(
+                f"SSVI.load_state_dict needs the dict of SSVI.state_dict() (keys step_count, surgery_log), got {found}"
+            )
         self.step_count = int(state["step_count"])
         self.surgery_log = list(state["surgery_log"])
-        if self._skip_draws is not None:
-            skipped = state.get("skipped_draws")
-            self._skip_draws.sites = frozenset(skipped or ())
-            self._lrt_steps = self.step_count if skipped is not None else 0  # else: find them again
+        # In place: the draw-skipping handler holds this set.
+        if "needs_draws" in state:
+            self._needs_draws.clear()
+            self._needs_draws.update(state["needs_draws"])
+        elif state.get("skipped_draws") is not None:  # written before draws were skipped per use
+            self._needs_draws.clear()
+            self._needs_draws.update(set(self.sparse_guide.sites) - set(state["skipped_draws"]))
 
     # ------------------------------------------------------------------ stepping
     def is_update_step(self, step: Optional[int] = None) -> bool:
         """Whether ``step`` (default: the next) updates masks instead of parameters."""
         step = self.step_count if step is None else step
-        return self.schedule.is_update_step(step) and any(info.sparse for info in self.guide.sites.values())
+        return self.schedule.is_update_step(step) and any(info.sparse for info in self.sparse_guide.sites.values())
 
     def step(self, *args, **kwargs) -> float:
         """One ELBO step (or a mask update every ΔT steps); returns the loss as a float.
@@ -225,6 +260,7 @@ class SSVI(SVI):
             self.check_finite()
         if update:
             loss = self._surgery_step(t, args, kwargs)
+            estimators.reset_compiled(self.elbo)  # a JIT trace holds the old masks as constants
         else:
             loss = self._gradient_step(t, args, kwargs, sync)
         self.step_count += 1
@@ -237,56 +273,68 @@ class SSVI(SVI):
             model = self._model_lrt if self.use_lrt else self._model_sampled
             return float(self.loss(model, self._guide, *args, **kwargs))
 
+    def _loss_with_draws(self, model, guide, args, kwargs):
+        """``loss_and_grads``, re-run with a site drawn whenever its skipped draw was used (a
+        skipped draw fails before any backward, so no gradient is doubled)."""
+        while True:
+            try:
+                return self.loss_and_grads(model, guide, *args, **kwargs)
+            except DrawNeeded as exc:
+                if exc.site in self._needs_draws:
+                    raise
+                self._needs_draws.add(exc.site)
+
     def _gradient_step(self, t: int, args, kwargs, sync: bool = True):
         model, guide = (self._model_lrt, self._guide_lrt) if self.use_lrt else (self._model_sampled, self._guide)
-        if isinstance(self.optim, torch.optim.Optimizer):
-            # The optimizer owns its parameter list: no parameter trace needed.
-            loss = self.loss_and_grads(model, guide, *args, **kwargs)
-            self._update_skipped_draws()
-            if t == 0:
-                self._check_optimizer_covers_guide()
-            if sync or not torch.is_tensor(loss):
-                self._check_finite(loss, t, ())
-            else:  # recorded on the device; check_finite() looks at it
-                finite = torch.isfinite(loss)
-                first = t if self._unchecked is None else self._unchecked[1]
-                self._unchecked = (finite if self._unchecked is None else self._unchecked[0] & finite, first)
+        watch = BackwardLeaves() if not self._coverage_checked else contextlib.nullcontext()
+        with contextlib.ExitStack() as stack:
+            if self._quiet:
+                stack.enter_context(params.quiet())
+            capture = None if self._torch_optim else stack.enter_context(poutine.trace(param_only=True))
+            stack.enter_context(watch)
+            loss = self._loss_with_draws(model, guide, args, kwargs)
+        if self._torch_optim:
+            trained = [p for group in self.optim.param_groups for p in group["params"]]
+        else:
+            loss = float(loss)
+            trained = self._params(capture.trace)
+        if not self._coverage_checked:
+            self._check_coverage(watch.leaves, trained, args, kwargs)
+        if sync or not torch.is_tensor(loss):
+            self._check_finite(loss, t, trained)
+        else:  # recorded on the device; check_finite() looks at it
+            finite = torch.isfinite(loss)
+            first = t if self._unchecked is None else self._unchecked[1]
+            self._unchecked = (finite if self._unchecked is None else self._unchecked[0] & finite, first)
+        if self._torch_optim:
             self.optim.step()
             self.optim.zero_grad()
             return float(loss) if sync else loss
-        with poutine.trace(param_only=True) as capture:
-            loss = float(self.loss_and_grads(model, guide, *args, **kwargs))
-        self._update_skipped_draws()
-        params = self._params(capture.trace)
-        self._check_finite(loss, t, params)
-        self.optim(params)
-        zero_grads(params)
-        return float(loss)
+        self.optim(trained)
+        zero_grads(trained)
+        if not self._optim_state_checked:
+            self._check_optim_state_used()
+        return loss
 
-    def _check_optimizer_covers_guide(self) -> None:
-        owned = {id(p) for group in self.optim.param_groups for p in group["params"]}
-        if not all(id(p) in owned for p in self.guide.loc_parameters()):
-            self.optim.zero_grad()
-            raise SSVIConfigError(
-                "The torch optimizer does not hold the guide's parameters, so the guide would never "
-                "train. Call guide(*args) once to create them, then build the optimizer over "
-                "guide.parameters() and the model's parameters."
-            )
+    def _check_coverage(self, leaves: Dict[int, Tensor], trained, args, kwargs) -> None:
+        self._coverage_checked = True
+        message = untrained_message(
+            leaves, trained, self.model, (args, kwargs), self.guide.parameters(), self._torch_optim
+        )
+        if message is not None:
+            zero_grads([t for t in leaves.values()])
+            self._coverage_checked = False
+            raise SSVIConfigError(message)
 
-    def _update_skipped_draws(self) -> None:
-        # The first LRT step finds the sites; later ones can only shrink the set. Part of
-        # state_dict(): a resumed run must skip the same draws to consume the same random numbers.
-        if self.use_lrt and self._skip_draws is not None:
-            consumed = frozenset(self._lrt.consumed)
-            if not self._lrt_steps:
-                self._skip_draws.sites = consumed
-            else:
-                self._skip_draws.sites &= consumed
-            self._lrt_steps += 1
+    def _check_optim_state_used(self) -> None:
+        self._optim_state_checked = True
+        message = unused_optim_state(self.optim)
+        if message:
+            warnings.warn(message, stacklevel=4)
 
     def _surgery_step(self, t: int, args, kwargs) -> float:
         """Loss and dense weight gradients at sampled (or mean) weights, then drop/grow; no optimizer step."""
-        sparse = [name for name, info in self.guide.sites.items() if info.sparse]
+        sparse = [name for name, info in self.sparse_guide.sites.items() if info.sparse]
         retain = RetainWeightGradsMessenger(sparse)
         guide = retain(self._guide)
         if self.addition == "grad_mean":
@@ -294,14 +342,16 @@ class SSVI(SVI):
         total_loss, grad_sums = 0.0, {}
         for _ in range(self.addition_samples):
             with poutine.trace(param_only=True) as capture:
-                loss = float(self.loss_and_grads(self._model_sampled, guide, *args, **kwargs))
-            params = self._params(capture.trace)
-            self._check_finite(loss, t, params)
+                loss = float(self._surgery_loss_and_grads(self._model_sampled, guide, *args, **kwargs))
+            trained = self._params(capture.trace)
+            self._check_finite(loss, t, trained)
             total_loss += loss
             for name, value in retain.values.items():
                 grad = value.grad if value.grad is not None else torch.zeros_like(value)
                 grad_sums[name] = grad_sums.get(name, 0) + grad.detach()
-        zero_grads(params)
+        zero_grads(trained)
+        if self._torch_optim:
+            self.optim.zero_grad()
         scores = {name: (g / self.addition_samples).abs() for name, g in grad_sums.items()}
         self.apply_surgery(t, scores)
         return total_loss / self.addition_samples
@@ -311,27 +361,28 @@ class SSVI(SVI):
         """Drop/grow every sparse site given its addition scores; appends to ``surgery_log``."""
         r_t = self.schedule.drop_fraction_at(t)
         record = {"step": t, "drop_fraction": r_t, "sites": {}}
-        for name, info in self.guide.sites.items():
+        guide = self.sparse_guide
+        for name, info in guide.sites.items():
             if not info.sparse:
                 continue
             k = min(round(r_t * info.num_active), info.numel - info.num_active)
             if k > 0:
-                loc, rho = self.guide.site_params(name)
+                loc, rho = guide.site_params(name)
                 update_site(
-                    loc, rho, self.guide.site_mask(name), self.removal(loc, F.softplus(rho)),
+                    loc, rho, guide.site_mask(name), self.removal(loc, F.softplus(rho)),
                     addition_scores[name], k, self.sigma_init, self._state_lookup,
                 )
-                if hasattr(self.guide, "site_active_index"):
-                    self.guide.site_active_index(name)  # its one sync, here rather than next step
+                if hasattr(guide, "site_active_index"):
+                    guide.site_active_index(name)  # its one sync, here rather than next step
             record["sites"][name] = {"removed": k, "added": k}
         self.surgery_log.append(record)
         return record
 
     def _params(self, param_trace) -> List[Tensor]:
-        """Every tensor to optimize: captured ``pyro.param`` sites, the guide's and the model's
-        parameters (ours bypass the global param store), deduplicated by identity."""
+        """Every tensor to optimize: captured ``pyro.param`` sites, the guide's parameters and
+        those of a model that is an ``nn.Module``, deduplicated by identity."""
         seen: Set[int] = set()
-        params = []
+        found = []
         candidates = [site["value"].unconstrained() for site in param_trace.nodes.values()]
         candidates += list(self.guide.parameters())
         if isinstance(self.model, torch.nn.Module):
@@ -339,13 +390,13 @@ class SSVI(SVI):
         for p in candidates:
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
-                params.append(p)
-        return params
+                found.append(p)
+        return found
 
-    def _check_finite(self, loss, t: int, params) -> None:
+    def _check_finite(self, loss, t: int, trained) -> None:
         if not math.isfinite(float(loss)):
-            zero_grads(params)
-            if isinstance(self.optim, torch.optim.Optimizer):
+            zero_grads(list(trained))
+            if self._torch_optim:
                 self.optim.zero_grad()
             raise self._non_finite(loss, t)
 
@@ -355,31 +406,3 @@ class SSVI(SVI):
             f"SSVI step {t}: the loss is {float(loss)}; no parameter or mask was changed. "
             "Lower the learning rate, pass num_data=N for a per-datapoint loss, or check the data."
         )
-
-
-def _without_param_statements(guide):
-    """``guide`` called with its ``pyro.param`` announcements off (SSVI gathers parameters itself;
-    only for :func:`_backward_mean_field_loss`, which does not look for param sites)."""
-
-    def call(*args, **kwargs):
-        previous = getattr(guide, "announce_params", None)
-        if previous is None:
-            return guide(*args, **kwargs)
-        guide.announce_params = False
-        try:
-            return guide(*args, **kwargs)
-        finally:
-            guide.announce_params = previous
-
-    return call
-
-
-def _backward_mean_field_loss(model, guide, *args, **kwargs) -> Tensor:
-    """``loss_and_grads`` for TraceMeanField_ELBO via :func:`~pyro_ssvi.objective.mean_field_loss`.
-
-    Returns the detached loss tensor: converting it to a float (``step``) is the step's only
-    host synchronization, and ``step_async`` skips even that.
-    """
-    loss = mean_field_loss(model, guide, *args, **kwargs)
-    loss.backward()
-    return loss.detach()

@@ -30,16 +30,23 @@ def test_model_without_normal_prior_site():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
 
-    with pytest.raises(SSVIConfigError, match="no latent sample site with a Normal prior"):
+    with pytest.raises(SSVIConfigError, match="no latent sample site"):
         MaskedAutoNormal(model, sparsity=0.5)(torch.randn(2, 4), torch.tensor([0, 1]))
 
 
-def test_model_with_non_normal_latent():
+def test_discrete_latent_is_named_with_what_to_do():
     def model(x, y=None):
-        pyro.sample("rate", dist.Gamma(1.0, 1.0))
+        pyro.sample("w", dist.Normal(0.0, 1.0).expand([3, 4]).to_event(2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(0.5))
 
-    with pytest.raises(SSVIConfigError, match="site 'rate' has Gamma"):
+    with pytest.raises(SSVIConfigError, match=r"site 'z' is a discrete latent \(Bernoulli\).*config_enumerate"):
         MaskedAutoNormal(model, sparsity=0.5)(torch.randn(2, 4))
+
+
+def test_guide_set_up_without_observations_says_so():
+    with pytest.raises(SSVIConfigError, match=r"site 'obs' is a discrete latent.*guide\(x, y\), not guide\(x\)"):
+        MaskedAutoNormal(models.mlp([4, 3]), sparsity=0.5)(torch.randn(2, 4))
 
 
 def test_unknown_criterion_lists_known_names():

@@ -31,7 +31,7 @@ def test_training_flops_one_layer_by_hand():
     model = BayesianClassifier(nn.Sequential(nn.Flatten(), BayesLinear(4, 3)))
     x = torch.zeros(2, 4)
     guide = MaskedAutoNormal(model, sparsity=0.75, seed=0)
-    guide(x)
+    guide(x, torch.zeros(2, dtype=torch.long))
     assert guide.sites["1.weight"].num_active == 3  # round(0.25 * 12)
     # 10 steps, batch 2, ΔT = 3 until step 10: updates at t = 3, 6, 9.
     r = training_flops(model, guide, x, num_steps=10, batch_size=2, update_interval=3, update_end=1.0)
@@ -63,7 +63,7 @@ def test_float_density_keeps_stem_dense():
     assert sum(abs(d - 0.1) < 0.01 for d in dens.values()) == 20  # rounding on small shortcuts
     # Exactly the guide's rounded active counts, not the nominal density.
     guide = MaskedAutoNormal(model, sparsity=0.9)
-    guide(torch.zeros(1, 3, 32, 32))
+    guide(torch.zeros(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
     assert dens == site_densities(model, guide)
 
 

@@ -14,7 +14,7 @@ from pyro_ssvi.guides import init_to_normal
 def test_resnet_stem_is_dense_and_other_sites_exactly_sparse():
     model = models.resnet18(width=0.125)
     guide = MaskedAutoNormal(model, sparsity=0.9, seed=0)
-    guide(torch.randn(2, 3, 32, 32))
+    guide(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
     assert len(guide.sites) == 21
     for name, info in guide.sites.items():
         active = int(guide.site_mask(name).sum())
@@ -42,7 +42,7 @@ class WithBias(PyroModule):
 @pytest.mark.parametrize("sparse_1d", [False, True])
 def test_bias_sites_dense_unless_asked(sparse_1d):
     guide = MaskedAutoNormal(WithBias(), sparsity=0.6, sparse_1d=sparse_1d, seed=0)
-    guide(torch.randn(3, 4))
+    guide(torch.randn(3, 4), torch.tensor([0, 1, 2]))
     assert guide.sites["w"].sparse and guide.sites["w"].num_active == 8
     assert guide.sites["b"].sparse == sparse_1d
     assert int(guide.site_mask("b").sum()) == (2 if sparse_1d else 5)
@@ -51,16 +51,16 @@ def test_bias_sites_dense_unless_asked(sparse_1d):
 def test_dense_sites_argument_and_unknown_name():
     model = models.mlp([4, 6, 3])
     guide = MaskedAutoNormal(model, sparsity=0.5, dense_sites=["3.weight"])
-    guide(torch.randn(2, 4))
+    guide(torch.randn(2, 4), torch.tensor([0, 1]))
     assert guide.sites["1.weight"].sparse and not guide.sites["3.weight"].sparse
-    with pytest.raises(SSVIConfigError, match="not latent sites"):
-        MaskedAutoNormal(models.mlp([4, 3]), sparsity=0.5, dense_sites=["nope"])(torch.randn(2, 4))
+    with pytest.raises(SSVIConfigError, match="not weight sites"):
+        MaskedAutoNormal(models.mlp([4, 3]), sparsity=0.5, dense_sites=["nope"])(torch.randn(2, 4), torch.tensor([0, 1]))
 
 
 def test_median_quantiles_summary():
     model = models.mlp([4, 6, 3])
     guide = MaskedAutoNormal(model, sparsity=0.5, init_scale=(0.2, 0.05), init_loc_fn=init_to_normal(0.5), seed=0)
-    guide(torch.randn(2, 4))
+    guide(torch.randn(2, 4), torch.tensor([0, 1]))
     median = guide.median()
     quantiles = guide.quantiles([0.5, 0.8413447460685429])
     for name in guide.sites:
@@ -90,6 +90,9 @@ def test_masked_normal_samples_zero_and_log_prob_masked():
 
 
 def test_cached_prior_and_masked_prior_follow_changes():
+    """Layer priors are built once; the masked log-density reads the mask from the draw, so it
+    follows in-place mask changes (surgery) and a plain Normal prior is converted once."""
+    from pyro_ssvi.distributions import SubspacePrior
     from pyro_ssvi.handlers import MaskPriorMessenger
 
     model = models.mlp([4, 6, 3], prior_scale=0.5)
@@ -100,20 +103,28 @@ def test_cached_prior_and_masked_prior_follow_changes():
     model.float()
 
     guide = MaskedAutoNormal(model, sparsity=0.5, seed=0)
-    guide(torch.randn(2, 4))
-    handler = MaskPriorMessenger(guide)
+    guide(torch.randn(2, 4), torch.tensor([0, 1]))
+    prior = layer.weight_prior()
 
-    def masked_prior():
-        msg = {"name": "1.weight", "fn": layer.weight_prior(), "is_observed": False}
-        handler._pyro_sample(msg)
-        return msg["fn"]
+    def log_prior_of_a_draw():
+        draw = guide(torch.randn(2, 4), torch.tensor([0, 1]))["1.weight"]
+        return prior.base_dist.log_prob(draw)
 
-    first = masked_prior()
-    assert masked_prior() is first
     mask = guide.site_mask("1.weight")
+    assert torch.equal(log_prior_of_a_draw() == 0, ~mask)
     i, j = mask.view(-1).nonzero()[0], (~mask).view(-1).nonzero()[0]
     mask.view(-1)[i], mask.view(-1)[j] = False, True  # what surgery does, in place
-    second = masked_prior()
-    assert second is not first
-    assert torch.equal(second.base_dist.mask, mask)
-    assert torch.equal(second.base_dist.indicator, mask.float())
+    assert torch.equal(log_prior_of_a_draw() == 0, ~mask)
+
+    handler = MaskPriorMessenger(guide)
+    plain = dist.Normal(0.0, 0.5).expand([6, 4]).to_event(2)
+    msg = {"name": "1.weight", "fn": plain, "is_observed": False}
+    handler._pyro_sample(msg)
+    converted = msg["fn"]
+    assert isinstance(converted.base_dist, SubspacePrior) and converted.reinterpreted_batch_ndims == 2
+    msg = {"name": "1.weight", "fn": plain, "is_observed": False}
+    handler._pyro_sample(msg)
+    assert msg["fn"] is converted  # reused while the model hands over the same prior
+    msg = {"name": "1.weight", "fn": prior, "is_observed": False}
+    handler._pyro_sample(msg)
+    assert msg["fn"] is prior  # already a SubspacePrior

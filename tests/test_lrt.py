@@ -15,7 +15,7 @@ NUM = 40000  # independent noise draws (one per repeated example)
 
 def _prepare(model, x_one, sparsity=0.5):
     guide = MaskedAutoNormal(model, sparsity=sparsity, sparse_1d=True, seed=1)
-    guide(x_one)
+    guide(x_one, torch.zeros(len(x_one), dtype=torch.long))
     with torch.no_grad():
         for name in guide.sites:
             loc, rho = guide.site_params(name)
@@ -79,7 +79,7 @@ def test_ops_are_plain_torch_without_handler():
 @pytest.mark.parametrize("op", ["linear", "conv2d"])
 def test_lrt_leaves_unknown_weights_alone(op):
     guide = MaskedAutoNormal(models.mlp([2, 2]), sparsity=0.0)
-    guide(torch.randn(1, 2))
+    guide(torch.randn(1, 2), torch.tensor([0]))
     with lrt(guide=guide):
         if op == "linear":
             x, w = torch.randn(3, 4), torch.randn(2, 4)

@@ -115,23 +115,23 @@ def test_kl_warmup_schedule():
 
 @pytest.mark.parametrize("elbo", [TraceMeanField_ELBO, Trace_ELBO])
 def test_step_matches_pyro_svi(elbo):
-    """Same loss and same updated parameters as SVI.step (β = 1, no normalization, no LRT)."""
+    """Same loss and same updated parameters (guide and point estimates) as SVI.step with SSVI's
+    defaults (β = 1, no normalization; no LRT, whose noise SVI would not draw alike)."""
     results = []
     for cls in ("svi", "ssvi"):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         model, guide, x, y = _setup()
-        for p in model.parameters():
-            p.requires_grad_(False)  # plain SVI does not see our models' point estimates
         optim = pyro.optim.SGD({"lr": 0.01, "momentum": 0.9})
         if cls == "svi":
-            # Mask the prior as SSVI does, so both compute the same objective.
-            runner = SVI(MaskPriorMessenger(guide)(model), guide, optim, elbo())
+            # The model's priors are SubspacePriors: plain SVI computes SSVI's objective as it is.
+            runner = SVI(model, guide, optim, elbo())
         else:
-            runner = SSVI(model, guide, optim, elbo(), kl_max=1.0, kl_warmup=0.0, lrt=False)
+            runner = SSVI(model, guide, optim, elbo(), lrt=False)
         pyro.set_rng_seed(1)
         losses = [runner.step(x, y) for _ in range(3)]
-        results.append((losses, {k: v.detach().clone() for k, v in guide.state_dict().items()}))
+        state = {**guide.state_dict(), **model.state_dict()}
+        results.append((losses, {k: v.detach().clone() for k, v in state.items()}))
     (loss_a, state_a), (loss_b, state_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-6)
     for key in state_a:
@@ -144,10 +144,14 @@ def test_weight_draws_skipped_only_for_sites_routed_through_lrt_ops():
     import torch.nn.functional as F
     from pyro.nn import PyroModule, PyroSample
 
+    from pyro_ssvi.handlers import SkippedDraw
+
     model, guide, x, y = _setup()
     svi = SSVI(model, guide, pyro.optim.SGD({"lr": 0.01}), TraceMeanField_ELBO(), kl_max=1.0, kl_warmup=0.0)
     svi.step(x, y)
-    assert svi._skip_draws.sites == set(guide.sites)
+    assert svi._needs_draws == set()
+    trace = poutine.trace(svi._guide_lrt).get_trace(x, y)
+    assert all(isinstance(trace.nodes[name]["value"], SkippedDraw) for name in guide.sites)
 
     class Plain(PyroModule):  # calls F.linear itself: LRT never sees its weight
         def __init__(self):
@@ -165,7 +169,9 @@ def test_weight_draws_skipped_only_for_sites_routed_through_lrt_ops():
     svi = SSVI(plain, plain_guide, pyro.optim.SGD({"lr": 0.01}), TraceMeanField_ELBO())
     for _ in range(3):
         svi.step(x, y)
-    assert svi._skip_draws.sites == frozenset()  # its weights keep being drawn
+    assert svi._needs_draws == {"w"}  # F.linear used its stand-in once: drawn from then on
+    trace = poutine.trace(svi._guide_lrt).get_trace(x, y)
+    assert not isinstance(trace.nodes["w"]["value"], SkippedDraw)
 
 
 def test_lrt_path_with_skipped_draws_matches_hand_computed_objective(monkeypatch):
@@ -178,7 +184,7 @@ def test_lrt_path_with_skipped_draws_matches_hand_computed_objective(monkeypatch
     optim = torch.optim.SGD(list(guide.parameters()) + list(model.parameters()), lr=0.0)
     svi = SSVI(model, guide, optim, TraceMeanField_ELBO(), kl_max=beta, kl_warmup=0.0, num_data=n)
     svi.step(x, y)
-    assert svi._skip_draws.sites == set(guide.sites)  # from now on no weight is drawn
+    assert svi._needs_draws == set()  # no weight is drawn
     eps = 0.7  # fixed "noise", so the LRT output is deterministic
     monkeypatch.setattr(torch, "randn_like", lambda t: torch.full_like(t, eps))
     loss = svi.step(x, y)

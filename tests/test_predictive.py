@@ -14,7 +14,7 @@ def _model_guide():
     model = models.mlp([5, 8, 4])
     guide = MaskedAutoNormal(model, sparsity=0.5, init_scale=0.3, seed=0)
     x = torch.randn(23, 5)
-    guide(x)
+    guide(x, torch.randint(0, 4, (23,)))
     return model, guide, x
 
 

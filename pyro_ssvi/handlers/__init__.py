@@ -3,13 +3,17 @@
 from .lrt import LRTMessenger, lrt
 from .mask_prior import MaskPriorMessenger, mask_prior
 from .scale_latents import ScaleLatentsMessenger, scale_latents
+from .skip_draws import DrawNeeded, SkipDrawsMessenger, SkippedDraw
 from .weights import RetainWeightGradsMessenger, UseMeansMessenger, use_means
 
 __all__ = [
+    "DrawNeeded",
     "LRTMessenger",
     "MaskPriorMessenger",
     "RetainWeightGradsMessenger",
     "ScaleLatentsMessenger",
+    "SkipDrawsMessenger",
+    "SkippedDraw",
     "UseMeansMessenger",
     "lrt",
     "mask_prior",

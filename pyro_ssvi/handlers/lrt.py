@@ -86,7 +86,13 @@ class LRTMessenger(Messenger):
         return self.guide.moments(entry[1])
 
     def _local_reparameterize(self, msg, op: Callable[..., Tensor]) -> None:
-        x, weight, bias, *config = msg["args"]
+        x, weight, *config = msg["args"]
+        kwargs = msg["kwargs"]
+        if config:
+            bias, config = config[0], config[1:]
+        else:  # ops.linear(x, w) or a keyword bias
+            kwargs = dict(kwargs)
+            bias = kwargs.pop("bias", None)
         weight_moments = self._moments(weight)
         if weight_moments is None:
             return  # not a guide-covered weight: the plain op runs
@@ -96,8 +102,8 @@ class LRTMessenger(Messenger):
             b_mean, b_var = bias, None
         else:
             b_mean, b_var = bias_moments
-        mean = op(x, w_mean, b_mean, *config, **msg["kwargs"])
-        var = op(x.square(), w_var, b_var, *config, **msg["kwargs"])
+        mean = op(x, w_mean, b_mean, *config, **kwargs)
+        var = op(x.square(), w_var, b_var, *config, **kwargs)
         msg["value"] = mean + var.clamp_min(_VARIANCE_FLOOR).sqrt() * torch.randn_like(mean)
         msg["done"] = True
 

@@ -1,54 +1,57 @@
-"""Restrict the model's Normal priors to the guide's active subspace."""
+"""Restrict a model's Normal priors to the guide's active subspace."""
 
 from __future__ import annotations
 
 from pyro.distributions import Independent, Normal
 from pyro.poutine.messenger import Messenger
 
-from ..distributions import MaskedNormal
+from ..distributions import SubspacePrior
 
 __all__ = ["MaskPriorMessenger", "mask_prior"]
 
 
 class MaskPriorMessenger(Messenger):
-    """Replaces the prior ``Normal(m, s)`` of each guide site by ``MaskedNormal(m, s, mask)``.
+    """Replaces the plain ``Normal(m, s)`` prior of each of the guide's weight sites by
+    :class:`~pyro_ssvi.distributions.SubspacePrior` ``(m, s)``.
 
-    SSVI's objective counts prior terms over active entries only. Without this, Trace_ELBO adds
-    ``log N(0 | 0, s^2)`` for every inactive (exactly zero) weight: a constant without gradient,
-    but several nats per entry in the reported loss.
+    SSVI's objective counts prior terms over active entries only. A model whose priors are plain
+    Normals (a ``PyroSample``, a hand-written ``pyro.sample``) would otherwise add
+    ``log N(0 | m, s)`` for every inactive (exactly zero) weight under ``Trace_ELBO`` or a
+    ``log_prob_sum``; with a learned prior scale that term drags the scale to 0. SSVI applies this
+    handler itself; with ``pyro.infer.SVI`` write ``SVI(mask_prior(model, guide=guide), guide, ...)``.
+    pyro_ssvi's own layers already use a ``SubspacePrior`` and need nothing.
 
-    :param guide: an object with ``sites`` (names) and ``site_mask(name)``, e.g. MaskedAutoNormal.
+    :param guide: an object with ``sites`` (the weight site names), e.g. MaskedAutoNormal.
     """
 
     def __init__(self, guide) -> None:
         super().__init__()
         self.guide = guide
-        self._cache: dict = {}  # site -> (prior, mask, mask version, masked prior)
+        self._cache: dict = {}  # site -> (prior, masked prior)
 
     def _pyro_sample(self, msg) -> None:
         name = msg["name"]
         if msg["is_observed"] or name not in self.guide.sites:
             return
-        mask, prior = self.guide.site_mask(name), msg["fn"]
-        # Reused while the prior object and the mask (identity and version) are unchanged, e.g.
-        # a model that builds its prior once (pyro_ssvi's layers do) between two mask updates.
+        prior = msg["fn"]
+        # Reused while the model hands over the same prior object (pyro_ssvi's layers build theirs
+        # once); the mask is read from the draw at evaluation time, so surgery needs no rebuild.
         cached = self._cache.get(name)
-        if cached is not None and cached[0] is prior and cached[1] is mask and cached[2] == mask._version:
-            msg["fn"] = cached[3]
+        if cached is not None and cached[0] is prior:
+            msg["fn"] = cached[1]
             return
         fn, event_dim = prior, 0
         if isinstance(fn, Independent):
             event_dim = fn.reinterpreted_batch_ndims
             fn = fn.base_dist
         if type(fn) is not Normal:
-            return
-        indicator = self.guide.site_indicator(name) if hasattr(self.guide, "site_indicator") else None
-        masked = MaskedNormal(fn.loc, fn.scale, mask.expand(fn.batch_shape), indicator=indicator)
+            return  # a SubspacePrior already, or not a plain Normal
+        masked = SubspacePrior(fn.loc, fn.scale, validate_args=False)
         msg["fn"] = masked.to_event(event_dim) if event_dim else masked
-        self._cache[name] = (prior, mask, mask._version, msg["fn"])
+        self._cache[name] = (prior, msg["fn"])
 
 
 def mask_prior(fn=None, guide=None):
-    """Handler form of :class:`MaskPriorMessenger`."""
+    """Handler form of :class:`MaskPriorMessenger`: ``mask_prior(model, guide=guide)``."""
     msngr = MaskPriorMessenger(guide)
     return msngr(fn) if fn is not None else msngr

@@ -1,9 +1,10 @@
 """Bayesian ``Linear`` and ``Conv2d`` layers: the weight is a Pyro sample site, the bias a point estimate.
 
-The layers are plain :class:`torch.nn.Module` s, not ``PyroModule`` s: their point-estimate
-parameters (bias) never pass through Pyro's global parameter store, so two models never share
-tensors by name and no ``pyro.param`` statement runs per forward. The weight's site name is
-assigned by the enclosing :class:`~pyro_ssvi.models.classifier.BayesianClassifier`.
+The layers are plain :class:`torch.nn.Module` s, not ``PyroModule`` s: the enclosing
+:class:`~pyro_ssvi.models.classifier.BayesianClassifier` names their weight sites and makes their
+point estimates visible to Pyro (see :mod:`pyro_ssvi.params`). The weight prior is a
+:class:`~pyro_ssvi.distributions.SubspacePrior`, so the objective counts the active entries of a
+sparse guide's draw only, under any Pyro inference.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .. import ops
+from ..distributions import SubspacePrior
 from ..errors import SSVIConfigError
+from ..guides.init import INIT_LOC_KEY
 
 __all__ = ["BayesianLayer", "BayesLinear", "BayesConv2d"]
 
@@ -25,10 +28,13 @@ __all__ = ["BayesianLayer", "BayesLinear", "BayesConv2d"]
 class BayesianLayer(nn.Module):
     """Holds a weight of ``weight_shape`` with prior ``N(0, prior_scale^2)`` per entry.
 
-    The prior's parameters are buffers, so the prior follows ``.to(device)``.
+    The prior's parameters are buffers, so the prior follows ``.to(device)``. ``dense`` asks a
+    sparse guide to keep the whole weight active; an ``initial_weight`` buffer (see
+    :meth:`keep_initial_weight`) becomes the guide's initial mean.
     """
 
     site_name: Optional[str] = None
+    dense: bool = False
 
     def __init__(self, weight_shape, prior_scale: float) -> None:
         super().__init__()
@@ -47,7 +53,7 @@ class BayesianLayer(nn.Module):
         cached = self.__dict__.get("_prior")
         if cached is None or cached[0] is not self.prior_loc or cached[1] is not self.prior_scale:
             prior = (
-                dist.Normal(self.prior_loc, self.prior_scale)
+                SubspacePrior(self.prior_loc, self.prior_scale, validate_args=False)
                 .expand(self.weight_shape)
                 .to_event(len(self.weight_shape))
             )
@@ -55,13 +61,21 @@ class BayesianLayer(nn.Module):
             self.__dict__["_prior"] = cached
         return cached[2]
 
+    def keep_initial_weight(self, weight: Tensor) -> None:
+        """Store ``weight`` (e.g. a trained deterministic layer's) as the guide's initial mean."""
+        self.register_buffer("initial_weight", weight.detach().clone().reshape(self.weight_shape))
+
     def sample_weight(self) -> Tensor:
         if self.site_name is None:
             raise SSVIConfigError(
                 f"{type(self).__name__} has no site name. Wrap the network in "
                 "pyro_ssvi.models.BayesianClassifier (or bayesianize()), which names its sites."
             )
-        return pyro.sample(self.site_name, self.weight_prior())
+        infer = {"ssvi_dense": True} if self.dense else {}
+        initial = self._buffers.get("initial_weight")
+        if initial is not None:
+            infer[INIT_LOC_KEY] = initial
+        return pyro.sample(self.site_name, self.weight_prior(), infer=infer)
 
 
 class BayesLinear(BayesianLayer):

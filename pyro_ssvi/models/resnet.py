@@ -64,13 +64,15 @@ def resnet18(
     width: float = 1.0,
     num_data: Optional[int] = None,
     in_channels: int = 3,
+    name: Optional[str] = None,
 ) -> BayesianClassifier:
     """CIFAR ResNet-18 as a Pyro model; the stem conv is a dense site by default (as in the paper).
 
     :param width: channel multiplier (1.0 is the standard 64-128-256-512).
     :param prior_scale: standard deviation of the N(0, s^2) prior of every weight.
+    :param name: prefix of the point estimates in Pyro's param store (see :class:`BayesianClassifier`).
     """
     if not width > 0:
         raise SSVIConfigError(f"width must be > 0, got {width}")
     net = ResNet([2, 2, 2, 2], num_classes, width, prior_scale, in_channels)
-    return BayesianClassifier(net, num_data=num_data, dense_sites=("conv1.weight",))
+    return BayesianClassifier(net, num_data=num_data, dense_sites=("conv1.weight",), name=name)
