@@ -12,7 +12,8 @@ Builders:
 
 Hyperparameters follow the paper's recipe (SGD momentum 0.9, lr 0.01, weight decay 5e-4 on
 means and BatchNorm, none on sigma; KL weight 0.01 per data point) so that every runner does the
-same optimizer work. Options ``channels_last`` and ``bf16`` (autocast) apply to (c)/(d) always and
+same optimizer work. Options ``channels_last`` (GPU only: on CPU every runner reports it as
+unsupported, see :data:`pyro_ssvi.config.CPU_CHANNELS_LAST`) and ``bf16`` (autocast) apply to (c)/(d) always and
 to (a)/(b) only when ``library_options=True``: the library has no flag for them, so there they
 are applied from outside (input layout, an autocast context around ``SSVI.step``) and their
 accuracy is unchecked.
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plain_lrt import deterministic_resnet18, lrt_loss, lrt_resnet18
+from pyro_ssvi.config import channels_last_problem
 
 __all__ = ["Runner", "RunOptions", "ssvi_runner", "deterministic_runner", "plain_lrt_runner", "UnsupportedOption"]
 
@@ -84,6 +86,12 @@ def _autocast(opts: RunOptions):
     return torch.autocast(device_type=opts.device.type, dtype=torch.bfloat16)
 
 
+def _check_layout(opts: RunOptions) -> None:
+    problem = channels_last_problem(opts.device) if opts.channels_last else None
+    if problem:
+        raise UnsupportedOption(problem)
+
+
 def _layout(batches, opts: RunOptions):
     if not opts.channels_last:
         return batches
@@ -103,6 +111,7 @@ def ssvi_runner(name: str, sparsity: float, batches, opts: RunOptions) -> Runner
     from pyro_ssvi import SSVI, MaskedAutoNormal, models
     from pyro_ssvi.guides import init_to_normal
 
+    _check_layout(opts)
     if (opts.bf16 or opts.channels_last) and not opts.library_options:
         raise UnsupportedOption("pyro_ssvi has no bf16 / channels_last option yet (pass --library-options to force)")
     pyro.enable_validation(False)  # validation is for tests; it costs time every step
@@ -152,6 +161,7 @@ def _plain_step(net: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], opt
 
 def deterministic_runner(name: str, batches, opts: RunOptions) -> Runner:
     """(c) deterministic ResNet-18 (same architecture and width), mean cross-entropy."""
+    _check_layout(opts)
     torch.manual_seed(opts.seed)
     net = deterministic_resnet18(opts.num_classes, opts.width).to(opts.device)
     if opts.channels_last:
@@ -162,6 +172,7 @@ def deterministic_runner(name: str, batches, opts: RunOptions) -> Runner:
 
 def plain_lrt_runner(name: str, batches, opts: RunOptions) -> Runner:
     """(d) plain-PyTorch LRT ResNet-18 at ``opts.sparsity`` (fixed masks), CE + beta * KL / N."""
+    _check_layout(opts)
     torch.manual_seed(opts.seed)
     net = lrt_resnet18(opts.num_classes, opts.width, opts.sparsity, seed=opts.seed).to(opts.device)
     if opts.channels_last:

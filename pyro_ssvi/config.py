@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +23,7 @@ from .data import DATASETS
 from .ood import OOD_SETS
 from .errors import SSVIConfigError
 
-__all__ = ["CONFIG_DIR", "MODELS", "as_config", "compose", "resolve_device", "validate"]
+__all__ = ["CONFIG_DIR", "CPU_CHANNELS_LAST", "MODELS", "as_config", "channels_last_problem", "compose", "resolve_device", "validate"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 MODELS = ("mlp", "resnet18")
@@ -80,6 +80,21 @@ def resolve_device(name: str) -> torch.device:
                 f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
     return device
+
+
+#: Why channels_last is not used on CPU: it is a layout for GPU convolutions, and on CPUs whose
+#: oneDNN runs its AVX2 kernels (no AVX-512) the backward of a strided 1x1 NHWC convolution with
+#: fewer than 8 input channels corrupts the heap in torch 2.14 (a ResNet-18 shortcut at width
+#: 0.0625: "double free or corruption"; reproduced with ONEDNN_MAX_CPU_ISA=AVX2).
+CPU_CHANNELS_LAST = (
+    "channels_last is a GPU layout and is not used on CPU: oneDNN's AVX2 kernel for the backward of "
+    "strided 1x1 channels_last convolutions with < 8 input channels crashes the process (torch 2.14)"
+)
+
+
+def channels_last_problem(device: torch.device) -> Optional[str]:
+    """Why ``channels_last`` must not be used on ``device`` (None: it may)."""
+    return CPU_CHANNELS_LAST if device.type == "cpu" else None
 
 
 def _get(cfg: DictConfig, key: str) -> Any:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, plots
 from .build import DataInfo, build_guide, build_model, build_optimizer, build_scheduler, build_svi, setup_guide
-from .config import as_config, resolve_device, validate
+from .config import as_config, channels_last_problem, resolve_device, validate
 from .data import ArrayDataset, DeviceLoader, load_dataset
 from .errors import SSVICheckpointError, SSVIError
 from .fileio import atomic_write
@@ -210,6 +210,9 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device) 
     ood_data = ood_dataset(cfg.eval.ood, test_data, None, int(cfg.seed)) if cfg.eval.ood else None  # default roots
     info = DataInfo(train_data.image_shape, train_data.num_classes, len(train_data))
     channels_last = bool(cfg.train.channels_last) and len(info.input_shape) == 3
+    if channels_last and channels_last_problem(device):
+        log.warning("train.channels_last=true is ignored: %s", channels_last_problem(device))
+        channels_last = False
     loader = DeviceLoader(
         train_data, int(cfg.train.batch_size), device=device, shuffle=True,
         augment=bool(cfg.data.augment), pad=int(cfg.data.pad), generator=int(cfg.seed) + 1,

@@ -56,7 +56,7 @@ def test_surgery_share(report):
 def test_unsupported_option_is_reported_not_fatal(tmp_path):
     out = tmp_path / "t.json"
     cmd = [sys.executable, SCRIPT, "--device", "cpu", "--width", "0.0625", "--batch", "2", "--steps", "2",
-           "--warmup", "0", "--configs", "ssvi,plain", "--channels-last", "--out", str(out)]
+           "--warmup", "0", "--configs", "ssvi,plain", "--bf16", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
@@ -64,6 +64,24 @@ def test_unsupported_option_is_reported_not_fatal(tmp_path):
     assert "skipped" in rep["results"]["ssvi"]
     assert rep["results"]["plain"]["images_per_s"] > 0
     assert rep["ratios"]["a/d"] is None
+
+
+# oneDNN's AVX2 kernels (CPUs without AVX-512; forced here with ONEDNN_MAX_CPU_ISA) crash in the
+# backward of a strided 1x1 channels_last convolution with < 8 input channels. On such a machine
+# this command died with "double free or corruption" before channels_last was refused on CPU.
+AVX2_ONLY = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def test_channels_last_on_cpu_is_refused_not_a_native_crash(tmp_path):
+    out = tmp_path / "t.json"
+    cmd = [sys.executable, SCRIPT, "--device", "cpu", "--width", "0.0625", "--batch", "2", "--steps", "2",
+           "--warmup", "0", "--configs", "ssvi,plain", "--channels-last", "--library-options", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=AVX2_ONLY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        rep = json.load(f)
+    for key in ("ssvi", "plain"):
+        assert "channels_last is a GPU layout" in rep["results"][key]["skipped"]
 
 
 def test_kl_cost_benchmark_measures_both_forms():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -216,6 +217,21 @@ def test_cifar10_archive_tiny_resnet_end_to_end(tmp_path, layout):
     assert "conv1.weight" in guide.sites and not guide.sites["conv1.weight"].sparse  # the paper's dense stem
     result = predict(model, guide, torch.randn(7, 3, 32, 32), num_samples=2)
     assert result.probs.shape == (7, 10) and result.samples.shape == (2, 7, 10)
+
+
+def test_channels_last_on_an_avx2_cpu_is_ignored_with_a_message_not_a_segfault(tmp_path):
+    # oneDNN's AVX2 kernels (CPUs without AVX-512, forced with ONEDNN_MAX_CPU_ISA) crash in the
+    # backward of the width-0.0625 ResNet's strided 1x1 shortcut in channels_last: this command
+    # ended in a segfault (rc 139) before channels_last was ignored on CPU.
+    archive = _tiny_cifar_archive(tmp_path / "tiny.tar.gz")
+    cmd = [sys.executable, "-m", "pyro_ssvi.train", "data=cifar10_archive", f"data.root={archive}",
+           f"data.cache_dir={tmp_path / 'cache'}", "model=resnet18", "model.width=0.0625", "train.epochs=1",
+           "train.batch_size=50", "eval.num_samples=1", "train.channels_last=true", "progress=false",
+           f"output_dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "train.channels_last=true is ignored: channels_last is a GPU layout" in proc.stdout + proc.stderr
 
 
 def test_cli_default_entry_point_multirun_and_bad_config(tmp_path):
