@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .errors import SSVICheckpointError
+from .errors import SSVICheckpointError, SSVIConfigError
 from .fileio import atomic_write
 
-__all__ = ["FORMAT", "VERSION", "atomic_write", "get_rng_state", "load", "read", "save", "set_rng_state"]
+__all__ = ["FORMAT", "VERSION", "atomic_write", "get_rng_state", "load", "mismatch_detail", "read", "save", "set_rng_state"]
 
 FORMAT = "pyro_ssvi.checkpoint"
 VERSION = 1
@@ -86,6 +86,15 @@ def read(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict
     return state
 
 
+def mismatch_detail(exc: Exception, lines: int = 3) -> str:
+    """The informative part of a ``load_state_dict`` error on one line: torch's first line only
+    says that loading failed, the next ones say which tensor and which shapes."""
+    parts = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    detail = " ".join(parts[1: 1 + lines]) if len(parts) > 1 else (parts[0] if parts else type(exc).__name__)
+    more = f" (and {len(parts) - 1 - lines} more)" if len(parts) > 1 + lines else ""
+    return detail + more
+
+
 def get_rng_state() -> Dict[str, Any]:
     """torch (CPU and every CUDA device), numpy and python RNG states, as tensors and plain values."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -116,8 +125,12 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[torc
     saved tensors. The model is in eval mode (BatchNorm uses its running statistics).
     """
     from .build import DataInfo, build_guide, build_model, setup_guide
+    from .config import resolve_device
 
-    device = torch.device(device)
+    try:
+        device = resolve_device(str(device) if isinstance(device, torch.device) else device)
+    except SSVIConfigError as exc:
+        raise SSVIConfigError(f"pyro_ssvi.load: {exc}") from None
     state = read(path, map_location=device)
     cfg = OmegaConf.create(state["config"])
     info = DataInfo(**{**state["data_info"], "input_shape": tuple(state["data_info"]["input_shape"])})
@@ -129,7 +142,7 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[torc
         guide.load_state_dict(state["guide"])
     except RuntimeError as exc:
         raise SSVICheckpointError(
-            f"checkpoint {str(path)!r} does not match the model its config describes: {str(exc).splitlines()[0]}"
+            f"checkpoint {str(path)!r} does not match the model its config describes: {mismatch_detail(exc)}"
         ) from None
     model.eval()
     return model, guide

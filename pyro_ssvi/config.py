@@ -11,9 +11,11 @@ the repository root) so an installed package can run ``python -m pyro_ssvi.train
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -97,6 +99,52 @@ def channels_last_problem(device: torch.device) -> Optional[str]:
     return CPU_CHANNELS_LAST if device.type == "cpu" else None
 
 
+#: Keys that must be true or false (a string such as "maybe" would otherwise read as true).
+BOOLEAN_KEYS = ("progress", "overwrite", "train.channels_last", "method.lrt", "data.augment", "data.download")
+#: Files of a run directory that a checkpoint must not be named after.
+RESERVED_NAMES = ("config.yaml", "overrides.yaml", "metrics.json", "metrics.jsonl", "train.log")
+
+
+def _boolean(cfg: DictConfig, key: str) -> None:
+    value = _get(cfg, key)
+    if not isinstance(value, bool):
+        raise SSVIConfigError(f"{key}={value!r} is not allowed; allowed values: true, false")
+
+
+def _flat_keys(node, prefix: str = "") -> Iterable[Tuple[str, bool]]:
+    """``(dotted path, is a mapping)`` of every key in ``node`` (lists are leaves)."""
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        nested = isinstance(value, dict)
+        yield path, nested
+        if nested:
+            yield from _flat_keys(value, path + ".")
+
+
+@functools.lru_cache(maxsize=1)
+def known_keys() -> Tuple[frozenset, frozenset]:
+    """``(keys, leaves)``: every key some shipped configuration defines (each group option in
+    turn), and those among them that hold a value rather than a mapping there."""
+    options = [[]] + [[f"model={m}"] for m in MODELS] + [[f"data={d}"] for d in DATASETS]
+    for group in ("experiment", "method"):
+        options += [[f"{group}={p.stem}"] for p in sorted((CONFIG_DIR / group).glob("*.yaml"))]
+    pairs = [kv for overrides in options for kv in _flat_keys(OmegaConf.to_container(compose(overrides)))]
+    return frozenset(k for k, _ in pairs), frozenset(k for k, nested in pairs if not nested)
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys no shipped config defines (e.g. ``+train.epoch=3``, a typo the ``+`` let in).
+    Below a key that holds a value (``data.normalize: null``) any mapping may go."""
+    keys, leaves = known_keys()
+    for key, _ in _flat_keys(OmegaConf.to_container(cfg)):
+        parts = key.split(".")
+        if key in keys or any(".".join(parts[:i]) in leaves for i in range(1, len(parts))):
+            continue
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; see pyro_ssvi/conf/config.yaml for the keys"
+        raise SSVIConfigError(f"unknown config key {key!r}{hint}")
+
+
 def _get(cfg: DictConfig, key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
@@ -123,7 +171,8 @@ def _number(cfg: DictConfig, key: str, *, low: float, high: float = float("inf")
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
-        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+        fmt = (lambda v: str(int(v)) if abs(v) != float("inf") else "inf") if integer else (lambda v: f"{v:g}")
+        lo, hi = ("(" if low_open else "[") + fmt(low), fmt(high) + (")" if high_open else "]")
         what = "an integer" if integer else "a number"
         extra = " or null" if none_ok else ""
         raise SSVIConfigError(f"{key}={value!r} is not allowed; expected {what} in {lo}, {hi}{extra}")
@@ -135,13 +184,14 @@ def validate(cfg: DictConfig) -> None:
     Checks only what can be checked without data (data-dependent checks happen at load time,
     still before the first training step).
     """
+    _check_known_keys(cfg)
+    for key in BOOLEAN_KEYS:
+        _boolean(cfg, key)
     _choice(cfg, "model.name", MODELS)
     _choice(cfg, "data.name", DATASETS)
     resolve_device(_get(cfg, "device"))
-    _number(cfg, "seed", low=0, integer=True)
+    _number(cfg, "seed", low=0, high=2**32 - 1, integer=True)  # numpy's seed range
     _number(cfg, "cpu_threads", low=1, integer=True, none_ok=True)
-    if not isinstance(_get(cfg, "progress"), bool):
-        raise SSVIConfigError(f"progress={cfg.progress!r} is not allowed; allowed values: true, false")
     _number(cfg, "train.epochs", low=1, integer=True)
     _number(cfg, "train.batch_size", low=1, integer=True)
     _number(cfg, "train.lr", low=0, low_open=True)
@@ -152,12 +202,13 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
     _choice(cfg, "train.precision", PRECISIONS)
     _choice(cfg, "train.loss_sync", LOSS_SYNCS)
-    if not isinstance(_get(cfg, "train.channels_last"), bool):
-        raise SSVIConfigError(
-            f"train.channels_last={cfg.train.channels_last!r} is not allowed; allowed values: true, false"
-        )
     _number(cfg, "method.sparsity", low=0, high=1, high_open=True)
     _number(cfg, "method.update_interval", low=1, integer=True)
+    if cfg.method.update_interval == 1 and cfg.method.sparsity > 0:
+        raise SSVIConfigError(
+            "method.update_interval=1 is not allowed with method.sparsity > 0: every step would be a mask "
+            "update (no parameter step) until method.update_end. Use 2 or more (the paper: 100)"
+        )
     _number(cfg, "method.drop_fraction", low=0, high=1)
     _number(cfg, "method.update_end", low=0, high=1, low_open=True)
     _choice(cfg, "method.removal", REMOVAL_CRITERIA)
@@ -209,11 +260,19 @@ def validate(cfg: DictConfig) -> None:
         raise SSVIConfigError(
             f"eval.ood={ood!r} is not allowed; allowed values: null, {', '.join(OOD_SETS + DATASETS)}"
         )
+    for key in ("eval.ood_root", "data.root", "data.cache_dir", "output_dir"):
+        value = _get(cfg, key)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise SSVIConfigError(f"{key}={value!r} is not allowed; expected a path or null")
     _number(cfg, "eval.every", low=1, integer=True)
     _number(cfg, "checkpoint.every", low=0, integer=True)
     name = _get(cfg, "checkpoint.name")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise SSVIConfigError(f"checkpoint.name={name!r} is not allowed; expected a plain file name")
+    if (not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name
+            or name in RESERVED_NAMES):
+        raise SSVIConfigError(
+            f"checkpoint.name={name!r} is not allowed; expected a plain file name such as checkpoint.pt (not "
+            f"hidden, no '/', none of {', '.join(RESERVED_NAMES)})"
+        )
     resume = _get(cfg, "resume")
     if resume is not None and not Path(str(resume)).is_file():
         raise SSVIConfigError(f"resume={resume!r}: no such checkpoint file")

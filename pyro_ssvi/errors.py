@@ -2,7 +2,17 @@
 
 
 class SSVIError(Exception):
-    """Base class of all pyro_ssvi errors."""
+    """Base class of all pyro_ssvi errors.
+
+    Pyro re-raises a ValueError or RuntimeError from inside a traced model or guide as a new
+    exception of the same class whose message has the trace's shape table appended; pyro_ssvi's
+    messages already name the problem, so that table is cut off (one line stays one line).
+    """
+
+    def __init__(self, *args) -> None:
+        if args and isinstance(args[0], str) and "\nTrace Shapes:" in args[0]:
+            args = (args[0].split("\nTrace Shapes:", 1)[0], *args[1:])
+        super().__init__(*args)
 
 
 class SSVIConfigError(SSVIError, ValueError):
@@ -23,3 +33,7 @@ class SSVIDataNotFoundError(SSVIDataError, FileNotFoundError):
 
 class SSVICheckpointError(SSVIError, RuntimeError):
     """A checkpoint file is missing, truncated, foreign or from an incompatible version; the message names the path."""
+
+
+class SSVIWriteError(SSVIError, OSError):
+    """A result file could not be written (a full disk, no permission); its previous version is intact."""

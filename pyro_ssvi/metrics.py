@@ -258,9 +258,10 @@ def plot_reliability_diagram(
     """Write a reliability diagram PNG to ``path`` and return ``path`` as a string.
 
     Bars are per-bin accuracy (bins of :func:`reliability_bins`), the dashed diagonal is
-    perfect calibration, and shaded boxes span each bin's accuracy-to-confidence gap. The
-    ECE is in the legend. The file is written to a temporary name in the same directory
-    and moved into place with ``os.replace``, so an existing file is never half-written.
+    perfect calibration, and shaded boxes span each bin's accuracy-to-confidence gap; a lower
+    panel counts the examples per bin (a bar of 3 examples says little). The ECE is in the
+    legend. The file is written to a temporary name in the same directory and moved into place
+    with ``os.replace``, so an existing file is never half-written.
     """
     from matplotlib.figure import Figure  # lazy: metrics must import without a plotting stack
 
@@ -273,17 +274,22 @@ def plot_reliability_diagram(
     width = 1.0 / num_bins
 
     # A bare Figure (no pyplot) renders with Agg and touches no global backend state.
-    fig = Figure(figsize=(5, 5), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
+    fig = Figure(figsize=(5, 6.5), dpi=100)
+    ax, counts = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     ax.bar(centers, acc, width=width, color="tab:blue", edgecolor="black", linewidth=0.5,
            label=f"accuracy (ECE = {err:.4f})")
     ax.bar(centers, abs(conf - acc), bottom=[min(a, c) for a, c in zip(acc, conf)], width=width,
            color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-label probability)", ylabel="accuracy",
-           title=title if title is not None else f"Reliability diagram ({num_bins} bins)")
-    ax.set_aspect("equal")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
+           title=(f"{title}\n" if title else "") + f"Reliability diagram ({num_bins} bins)")
     ax.legend(loc="upper left")
+    counts.bar(centers, bins.count[keep].numpy(), width=width, color="tab:gray", edgecolor="black", linewidth=0.5)
+    counts.set(xlabel="confidence (top-label probability)", ylabel="examples")
+    for x, n in zip(centers, bins.count[keep].tolist()):
+        counts.annotate(str(int(n)), (x, n), ha="center", va="bottom", fontsize=6)
+    counts.set_ylim(0, 1.3 * max(bins.count.max().item(), 1))  # room for the labels
+    fig.tight_layout()
 
     target = os.fspath(path)
     atomic_write(target, lambda f: fig.savefig(f, format="png"))

@@ -79,6 +79,14 @@ def predict(
         raise SSVIConfigError(f"batch_size must be >= 1 or None, got {batch_size!r}")
     if len(x) == 0:
         raise SSVIConfigError("predict() got an empty input x")
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise SSVIConfigError(f"predict() needs a float tensor x [N, ...], got {getattr(x, 'dtype', type(x).__name__)}")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        raise SSVIConfigError(
+            f"predict() got {int((~finite).sum())} NaN or infinite input values (of {x.numel()}); clean or drop "
+            "those examples first"
+        )
     if getattr(guide, "prototype_trace", True) is None:
         raise SSVIConfigError(
             "predict() needs a guide that is set up: train it first, or call guide(x, y) once with observations"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import contextlib
 import json
 import os
 import subprocess
@@ -178,8 +179,19 @@ def test_progress_flag_and_dense_vi(tmp_path, capsys):
     assert "epoch 1/1" not in captured.err and "accuracy" in captured.out  # the final table
     assert final["density"] == 1.0 and final["training_flops_relative"] == 1.0  # dense VI: no mask updates
     assert checkpoint.read(tmp_path / "quiet" / "checkpoint.pt")["svi"]["surgery_log"] == []
-    train.run(cfg_for(tmp_path / "bar", *FAST, "progress=true"))
-    assert "epoch 1/1" in capsys.readouterr().err
+    # A log (stderr not a terminal) gets no bar, only the epoch lines; a terminal gets the bar.
+    train.run(cfg_for(tmp_path / "log", *FAST, "progress=true"))
+    assert "%|" not in capsys.readouterr().err
+    assert "epoch 1/1: loss" in (tmp_path / "log" / "train.log").read_text()
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    with contextlib.redirect_stderr(terminal):
+        train.run(cfg_for(tmp_path / "bar", *FAST, "progress=true"))
+    assert "epoch 1/1" in terminal.getvalue()
 
 
 def _tiny_cifar_archive(path: Path, per_class_train: int = 20, per_class_test: int = 8) -> Path:

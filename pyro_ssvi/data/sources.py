@@ -100,9 +100,9 @@ def load_cifar(name: str, root: str | os.PathLike | None, split: str, download: 
         ds = cls(str(root), train=split == "train", download=download)
     except RuntimeError as exc:
         raise SSVIDataNotFoundError(
-            f"{name} not found under {Path(root) / cls.base_folder} ({exc}). Pass root= pointing at "
-            f"the folder holding '{cls.base_folder}', use download=True where a network exists, or "
-            "use 'cifar10_archive' for the offline JPEG copy."
+            f"{name} not found under {Path(root) / cls.base_folder} ({exc}). Point data.root (load_dataset's "
+            f"root=) at the folder holding '{cls.base_folder}', set data.download=true where a network exists, "
+            "or use data=cifar10_archive for the offline JPEG copy."
         ) from exc
     # torchvision keeps HWC numpy; training wants NCHW.
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
@@ -122,6 +122,11 @@ def _find_cifar10_archive(root: str | os.PathLike | None) -> Path:
     stem = CIFAR10_ARCHIVE.split(".")[0]
     if root is not None and (Path(root).is_file() or (Path(root) / "train").is_dir()):
         return Path(root)  # the archive itself, or the extracted tree itself
+    if root is not None and not Path(root).is_dir():
+        raise SSVIDataNotFoundError(
+            f"cifar10_archive: data.root={str(root)!r} does not exist. Point it at {CIFAR10_ARCHIVE}, its extracted "
+            f"'{stem}/' folder, or the folder holding either."
+        )
     folders = [Path(root)] if root is not None else default_data_roots()
     for folder in folders:
         for candidate in (folder / CIFAR10_ARCHIVE, folder / stem):
@@ -130,7 +135,7 @@ def _find_cifar10_archive(root: str | os.PathLike | None) -> Path:
     tried = ", ".join(str(f / CIFAR10_ARCHIVE) for f in folders)
     raise SSVIDataNotFoundError(
         f"cifar10_archive: found neither {CIFAR10_ARCHIVE} nor an extracted '{stem}/' folder "
-        f"(tried {tried}). Pass root= as the archive or its folder; it holds "
+        f"(tried {tried}). Point data.root (load_dataset's root=) at the archive or its folder; it holds "
         f"'{stem}/<train|test>/<class>/NNNN.jpg'."
     )
 
@@ -177,7 +182,7 @@ def _idx_file(root: Path, stem: str) -> Path:
     raise SSVIDataNotFoundError(
         f"Fashion-MNIST file {root / (stem + '.gz')} not found. Install it with "
         "`apt-get install dataset-fashion-mnist` (puts the idx files in "
-        f"{FASHION_MNIST_ROOT}) or pass root= as the folder holding "
+        f"{FASHION_MNIST_ROOT}) or point data.root (eval.ood_root for eval.ood; load_dataset's root=) at the folder holding "
         "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."
     )
 

@@ -81,14 +81,81 @@ class BayesianClassifier(nn.Module):
             for name in self._store_names:
                 self._store.announce(name)
 
+    _inputs_checked = False
+
+    def _check_inputs(self, x, y) -> None:
+        """Cheap checks of every call (no device synchronization)."""
+        if not torch.is_tensor(x):
+            raise SSVIConfigError(
+                f"the model needs inputs x (a tensor [batch, ...]), got {type(x).__name__}: call it as model(x, y), "
+                "svi.step(x, y) or predict(model, guide, x)"
+            )
+        dtype = next((p.dtype for p in self.parameters()), None) or next(iter(self.buffers())).dtype
+        if x.dtype != dtype:
+            raise SSVIConfigError(
+                f"inputs x are {x.dtype} but the model computes in {dtype}: pass x.to({dtype}) (or convert the "
+                "model and guide with .to(dtype))"
+            )
+        if y is not None:
+            if not torch.is_tensor(y) or y.dtype.is_floating_point or y.dtype == torch.bool:
+                raise SSVIConfigError(
+                    f"labels y must be an integer tensor of class indices, got "
+                    f"{y.dtype if torch.is_tensor(y) else type(y).__name__}: pass y.long()"
+                )
+            if y.shape != x.shape[:1]:
+                raise SSVIConfigError(
+                    f"x holds {x.shape[0]} examples (shape {tuple(x.shape)}) but y has shape {tuple(y.shape)}; "
+                    "give one label per example"
+                )
+
+    def _first_forward(self, x: Tensor) -> Tensor:
+        try:
+            return self.net(x)
+        except RuntimeError as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not any(word in message for word in ("shape", "size", "Expected", "channels")):
+                raise
+            raise SSVIConfigError(
+                f"inputs x of shape {tuple(x.shape)} do not fit the network ({message}); the model was built for "
+                f"inputs {self.input_description()}"
+            ) from None
+
+    def _check_labels(self, y, num_classes: int) -> None:
+        """Once: labels must index the network's outputs (reads y's range from the device)."""
+        if y is None or y.numel() == 0:
+            return
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= num_classes:
+            raise SSVIConfigError(
+                f"labels y range over [{low}, {high}] but the network has {num_classes} outputs: labels must be "
+                f"class indices in [0, {num_classes - 1}]"
+            )
+
+    def input_description(self) -> str:
+        """What the first layer takes, in words (for error messages)."""
+        from .layers import BayesConv2d, BayesLinear
+
+        for module in self.net.modules():
+            if isinstance(module, BayesLinear):
+                return f"with {module.in_features} features per example (after flattening)"
+            if isinstance(module, BayesConv2d):
+                return f"[batch, {module.in_channels}, height, width]"
+        return "of the shape its first layer takes"
+
     def __getstate__(self):
         # pyro.param leaves a weak reference on each parameter; it cannot be pickled.
         strip_unconstrained_refs(self.parameters())
         return super().__getstate__()
 
-    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Optional[Tensor] = None, y: Optional[Tensor] = None) -> Tensor:
         self._announce_point_estimates()
-        logits = self.net(x)
+        self._check_inputs(x, y)
+        if self._inputs_checked:
+            logits = self.net(x)
+        else:  # the first call: a shape error of the network becomes one that names the inputs
+            logits = self._first_forward(x)
+            self._check_labels(y, logits.shape[-1])
+            self._inputs_checked = True
         batch = logits.shape[0]
         size = self.num_data if self.num_data is not None else batch
         # An explicit subsample (rather than subsample_size) avoids a randperm(N) per step.
