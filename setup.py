@@ -17,6 +17,7 @@ setup(
         "tqdm>=4.60",  # progress bars
         "matplotlib>=3.5",  # learning curves, reliability diagrams
         "uncertainty-calibration>=0.1.4",  # the paper's calibration error
+        "safetensors>=0.4",  # the compact posterior file (pyro_ssvi.export)
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "scoringrules>=0.7; python_version >= '3.11'"]},
 )

@@ -12,6 +12,7 @@ from . import criteria, handlers, models, nn, ops
 from .distributions import MaskedNormal, SubspacePrior
 from .errors import NonFiniteLossError, SSVIConfigError, SSVIError
 from .checkpoint import load
+from .export import export, load_posterior
 from .guides import MaskedAutoNormal
 from .svi import PAPER_RECIPE, SSVI
 
@@ -27,8 +28,10 @@ __all__ = [
     "SSVIError",
     "SubspacePrior",
     "criteria",
+    "export",
     "handlers",
     "load",
+    "load_posterior",
     "models",
     "nn",
     "ops",

@@ -30,7 +30,7 @@ class DataInfo:
     num_data: int
 
 
-def build_model(cfg: DictConfig, info: DataInfo) -> models.BayesianClassifier:
+def build_model(cfg: DictConfig, info: DataInfo) -> models.BayesianNetwork:
     """``model.name`` (mlp | resnet18) sized for ``info``; the plate scales the likelihood to N."""
     m = cfg.model
     if m.name == "mlp":

@@ -10,7 +10,7 @@ import torch
 from .data import DATASETS, ArrayDataset, load_dataset
 from .errors import SSVIConfigError
 from .metrics import ood_auroc
-from .predictive import PredictiveResult
+from .predictive import ClassPrediction
 
 __all__ = ["OOD_SETS", "ood_dataset", "ood_metrics"]
 
@@ -44,7 +44,7 @@ def ood_dataset(kind: str, test: ArrayDataset, root: Optional[str] = None, seed:
     return dataclasses.replace(other, mean=test.mean, std=test.std, scale=test.scale)
 
 
-def ood_metrics(in_dist: PredictiveResult, out_dist: PredictiveResult) -> Dict[str, float]:
+def ood_metrics(in_dist: ClassPrediction, out_dist: ClassPrediction) -> Dict[str, float]:
     """AUROC of telling OOD inputs (positives) from test inputs by predictive entropy and by MI."""
     return {
         "ood_auroc_entropy": ood_auroc(in_dist.entropy.cpu(), out_dist.entropy.cpu()),

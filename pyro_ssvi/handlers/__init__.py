@@ -4,7 +4,7 @@ from .lrt import LRTMessenger, lrt
 from .mask_prior import MaskPriorMessenger, mask_prior
 from .scale_latents import ScaleLatentsMessenger, scale_latents
 from .skip_draws import DrawNeeded, SkipDrawsMessenger, SkippedDraw
-from .weights import RetainWeightGradsMessenger, UseMeansMessenger, use_means
+from .weights import RetainWeightGradsMessenger, UseMeansMessenger, UseValuesMessenger, use_means
 
 __all__ = [
     "DrawNeeded",
@@ -15,6 +15,7 @@ __all__ = [
     "SkipDrawsMessenger",
     "SkippedDraw",
     "UseMeansMessenger",
+    "UseValuesMessenger",
     "lrt",
     "mask_prior",
     "scale_latents",

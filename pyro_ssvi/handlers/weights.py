@@ -7,7 +7,7 @@ from typing import Dict
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
-__all__ = ["RetainWeightGradsMessenger", "UseMeansMessenger", "use_means"]
+__all__ = ["RetainWeightGradsMessenger", "UseMeansMessenger", "UseValuesMessenger", "use_means"]
 
 
 class RetainWeightGradsMessenger(Messenger):
@@ -45,6 +45,19 @@ class UseMeansMessenger(Messenger):
     def _pyro_sample(self, msg) -> None:
         if msg["name"] in self.sites and not msg["is_observed"] and msg["value"] is None:
             msg["value"] = msg["fn"].mean
+
+
+class UseValuesMessenger(Messenger):
+    """Sets each site named in ``values`` to that value instead of drawing it (unobserved sites
+    only): e.g. ``guide.median()``, the posterior's point estimate of every latent."""
+
+    def __init__(self, values: Dict[str, Tensor]) -> None:
+        super().__init__()
+        self.values = values
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] in self.values and not msg["is_observed"] and msg["value"] is None:
+            msg["value"] = self.values[msg["name"]]
 
 
 def use_means(fn=None, sites=()):

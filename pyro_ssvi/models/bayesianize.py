@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import SSVIConfigError
-from .classifier import BayesianClassifier
+from .network import BayesianNetwork
 from .layers import BayesConv2d, BayesLinear
 
 __all__ = ["bayesianize"]
@@ -50,14 +50,16 @@ def bayesianize(
     dense_sites: Tuple[str, ...] = (),
     keep_weights: bool = False,
     name: Optional[str] = None,
-) -> BayesianClassifier:
+    likelihood="categorical",
+) -> BayesianNetwork:
     """Replace every ``nn.Linear`` and ``nn.Conv2d`` of ``module`` (in place) by a Bayesian layer.
 
     Their weights become ``N(0, prior_scale^2)`` sample sites named by module path; biases stay
     point estimates (their current values are kept). Convolutions with string padding or a
     non-zero padding mode are left deterministic. Returns ``module`` wrapped as a Pyro
-    classification model ``model(x, y=None) -> logits`` (``name``: its prefix in Pyro's param
-    store, see :class:`BayesianClassifier`).
+    model ``model(x, y=None)`` (``name``: its prefix in Pyro's param store, see
+    :class:`BayesianNetwork`). ``likelihood`` says what the network's output means
+    (:mod:`pyro_ssvi.models.likelihoods`: categorical, bernoulli, normal, heteroscedastic_normal).
 
     ``keep_weights=True`` starts the posterior from the network as it is (e.g. trained): a
     MaskedAutoNormal takes each weight as its initial mean, with the largest-magnitude entries
@@ -70,7 +72,7 @@ def bayesianize(
     """
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         module = nn.Sequential(module)
-    elif isinstance(module, BayesianClassifier):
+    elif isinstance(module, BayesianNetwork):
         raise SSVIConfigError("bayesianize() got a model that is already Bayesian; pass the plain nn.Module")
     _replace_in_place(module, prior_scale, keep_weights)
-    return BayesianClassifier(module, num_data=num_data, dense_sites=dense_sites, name=name)
+    return BayesianNetwork(module, num_data=num_data, dense_sites=dense_sites, name=name, likelihood=likelihood)

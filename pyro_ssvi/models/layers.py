@@ -1,7 +1,7 @@
 """Bayesian ``Linear`` and ``Conv2d`` layers: the weight is a Pyro sample site, the bias a point estimate.
 
 The layers are plain :class:`torch.nn.Module` s, not ``PyroModule`` s: the enclosing
-:class:`~pyro_ssvi.models.classifier.BayesianClassifier` names their weight sites and makes their
+:class:`~pyro_ssvi.models.network.BayesianNetwork` names their weight sites and makes their
 point estimates visible to Pyro (see :mod:`pyro_ssvi.params`). The weight prior is a
 :class:`~pyro_ssvi.distributions.SubspacePrior`, so the objective counts the active entries of a
 sparse guide's draw only, under any Pyro inference.
@@ -69,7 +69,7 @@ class BayesianLayer(nn.Module):
         if self.site_name is None:
             raise SSVIConfigError(
                 f"{type(self).__name__} has no site name. Wrap the network in "
-                "pyro_ssvi.models.BayesianClassifier (or bayesianize()), which names its sites."
+                "pyro_ssvi.models.BayesianNetwork (or bayesianize()), which names its sites."
             )
         infer = {"ssvi_dense": True} if self.dense else {}
         initial = self._buffers.get("initial_weight")

@@ -13,7 +13,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ..errors import SSVIConfigError
-from .classifier import BayesianClassifier
+from .network import BayesianNetwork
 from .layers import BayesConv2d, BayesLinear
 
 __all__ = ["resnet18", "BasicBlock", "ResNet"]
@@ -65,14 +65,17 @@ def resnet18(
     num_data: Optional[int] = None,
     in_channels: int = 3,
     name: Optional[str] = None,
-) -> BayesianClassifier:
+) -> BayesianNetwork:
     """CIFAR ResNet-18 as a Pyro model; the stem conv is a dense site by default (as in the paper).
 
     :param width: channel multiplier (1.0 is the standard 64-128-256-512).
     :param prior_scale: standard deviation of the N(0, s^2) prior of every weight.
-    :param name: prefix of the point estimates in Pyro's param store (see :class:`BayesianClassifier`).
+    :param name: prefix of the point estimates in Pyro's param store (see :class:`BayesianNetwork`).
     """
     if not width > 0:
         raise SSVIConfigError(f"width must be > 0, got {width}")
     net = ResNet([2, 2, 2, 2], num_classes, width, prior_scale, in_channels)
-    return BayesianClassifier(net, num_data=num_data, dense_sites=("conv1.weight",), name=name)
+    model = BayesianNetwork(net, num_data=num_data, dense_sites=("conv1.weight",), name=name)
+    model.spec = {"builder": "resnet18", "num_classes": num_classes, "prior_scale": float(prior_scale),
+                  "width": float(width), "num_data": num_data, "in_channels": in_channels}
+    return model

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from ..build import DataInfo
 from ..metrics import classification_metrics
-from ..predictive import PredictiveResult, predict
+from ..predictive import ClassPrediction, predict
 
 __all__ = ["evaluate", "predict_fixed", "replaced_fractions", "summary_table", "training_flops"]
 
@@ -28,15 +28,15 @@ def _seeded(seed: int, device: torch.device):
         yield
 
 
-def predict_fixed(model, guide, x: torch.Tensor, cfg: DictConfig, epoch: int, stream: int = 0) -> PredictiveResult:
+def predict_fixed(model, guide, x: torch.Tensor, cfg: DictConfig, epoch: int, stream: int = 0) -> ClassPrediction:
     """``predict`` with ``eval.*`` settings and draws fixed by ``(seed, epoch, stream)``."""
     seed = (int(cfg.seed) * 1_000_003 + epoch * 101 + stream) % 2**63
     with _seeded(seed, x.device):
         return predict(model, guide, x, num_samples=int(cfg.eval.num_samples), batch_size=int(cfg.eval.batch_size))
 
 
-def evaluate(model, guide, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, epoch: int) -> Tuple[dict, PredictiveResult]:
-    """Classification metrics of the predictive after ``epoch``: (metrics dict, PredictiveResult)."""
+def evaluate(model, guide, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, epoch: int) -> Tuple[dict, ClassPrediction]:
+    """Classification metrics of the predictive after ``epoch``: (metrics dict, ClassPrediction)."""
     result = predict_fixed(model, guide, x, cfg, epoch)
     return classification_metrics(result.probs.cpu(), y.cpu()), result
 

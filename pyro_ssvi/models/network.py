@@ -1,23 +1,28 @@
-"""A network of Bayesian layers as a Pyro classification model ``model(x, y=None) -> logits``."""
+"""A network of Bayesian layers as a Pyro model ``model(x, y=None)``, with a likelihood of choice."""
 
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
 from ..errors import SSVIConfigError
 from ..params import StoreEntries, announcing, strip_unconstrained_refs
 from .layers import BayesianLayer
+from .likelihoods import CategoricalLikelihood, get_likelihood
 
-__all__ = ["BayesianClassifier"]
+__all__ = ["BayesianClassifier", "BayesianNetwork", "from_spec"]
 
 
-class BayesianClassifier(nn.Module):
-    """Pyro model: weights of ``net``'s Bayesian layers ~ prior, ``y ~ Categorical(logits=net(x))``.
+class BayesianNetwork(nn.Module):
+    """Pyro model: weights of ``net``'s Bayesian layers ~ prior, ``y ~ likelihood(net(x))``.
+
+    The likelihood (:mod:`pyro_ssvi.models.likelihoods`) decides what ``y`` is and what the
+    model returns: ``categorical`` (the default; returns the logits), ``bernoulli``, ``normal``
+    (a learned noise scale, the latent site ``"sigma"``; returns the mean) or
+    ``heteroscedastic_normal``.
 
     Site names are the layers' module paths in ``net`` plus ``.weight`` (e.g. ``"conv1.weight"``);
     the observation site is ``"obs"`` under the plate ``"data"`` of size ``num_data``, so a
@@ -29,7 +34,9 @@ class BayesianClassifier(nn.Module):
     from inside another function. Unlike ``pyro.module``, two live models never share tensors by
     name (see :mod:`pyro_ssvi.params`).
 
-    :param net: a module mapping inputs [B, ...] to logits [B, C].
+    :param net: a module mapping inputs [B, ...] to outputs [B, k] (logits, or the likelihood's
+        parameters).
+    :param likelihood: a :class:`~pyro_ssvi.models.likelihoods.Likelihood` or its name.
     :param num_data: the training set size N (None: the batch is the whole data set).
     :param dense_sites: sites that a sparse guide keeps dense (e.g. the stem conv); the layers'
         sample statements say so (``infer={"ssvi_dense": True}``), so it holds however the model
@@ -40,11 +47,12 @@ class BayesianClassifier(nn.Module):
 
     def __init__(
         self, net: nn.Module, num_data: Optional[int] = None, dense_sites: Tuple[str, ...] = (),
-        name: Optional[str] = None,
+        name: Optional[str] = None, likelihood="categorical",
     ):
         super().__init__()
         self.net = net
         self.num_data = num_data
+        self.likelihood = get_likelihood(likelihood)
         names = []
         for path, module in net.named_modules():
             if isinstance(module, BayesianLayer):
@@ -53,7 +61,7 @@ class BayesianClassifier(nn.Module):
                 names.append(module.site_name)
         if not names:
             raise SSVIConfigError(
-                "BayesianClassifier found no Bayesian layer in the network; use "
+                "BayesianNetwork found no Bayesian layer in the network; use "
                 "pyro_ssvi.models.bayesianize(module) to turn its Linear/Conv2d layers into sites."
             )
         unknown = set(dense_sites) - set(names)
@@ -82,6 +90,9 @@ class BayesianClassifier(nn.Module):
                 self._store.announce(name)
 
     _inputs_checked = False
+    #: How the model was built (set by :func:`~pyro_ssvi.models.mlp` and
+    #: :func:`~pyro_ssvi.models.resnet18`; None for ``bayesianize``): :func:`from_spec` rebuilds it.
+    spec: Optional[dict] = None
 
     def _check_inputs(self, x, y) -> None:
         """Cheap checks of every call (no device synchronization)."""
@@ -97,16 +108,7 @@ class BayesianClassifier(nn.Module):
                 "model and guide with .to(dtype))"
             )
         if y is not None:
-            if not torch.is_tensor(y) or y.dtype.is_floating_point or y.dtype == torch.bool:
-                raise SSVIConfigError(
-                    f"labels y must be an integer tensor of class indices, got "
-                    f"{y.dtype if torch.is_tensor(y) else type(y).__name__}: pass y.long()"
-                )
-            if y.shape != x.shape[:1]:
-                raise SSVIConfigError(
-                    f"x holds {x.shape[0]} examples (shape {tuple(x.shape)}) but y has shape {tuple(y.shape)}; "
-                    "give one label per example"
-                )
+            self.likelihood.check_targets(y, x.shape[0])
 
     def _first_forward(self, x: Tensor) -> Tensor:
         try:
@@ -122,7 +124,7 @@ class BayesianClassifier(nn.Module):
 
     def _check_labels(self, y, num_classes: int) -> None:
         """Once: labels must index the network's outputs (reads y's range from the device)."""
-        if y is None or y.numel() == 0:
+        if y is None or y.numel() == 0 or not isinstance(self.likelihood, CategoricalLikelihood):
             return
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= num_classes:
@@ -158,7 +160,25 @@ class BayesianClassifier(nn.Module):
             self._inputs_checked = True
         batch = logits.shape[0]
         size = self.num_data if self.num_data is not None else batch
+        latents = self.likelihood.latents(logits)
         # An explicit subsample (rather than subsample_size) avoids a randperm(N) per step.
         with pyro.plate("data", size=size, subsample=torch.arange(batch, device=logits.device)):
-            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
-        return logits
+            return self.likelihood.observe(logits, y, latents)
+
+
+#: The categorical case, by its earlier name.
+BayesianClassifier = BayesianNetwork
+
+
+def from_spec(spec: dict) -> BayesianNetwork:
+    """Rebuild a model from its :attr:`BayesianNetwork.spec` (a fresh, untrained one)."""
+    from .mlp import mlp
+    from .resnet import resnet18
+
+    if not isinstance(spec, dict) or spec.get("builder") not in ("mlp", "resnet18"):
+        raise SSVIConfigError(
+            f"cannot rebuild a model from {spec!r}: only models.mlp and models.resnet18 record how they were built; "
+            "pass the model (the same architecture) yourself"
+        )
+    kwargs = {k: v for k, v in spec.items() if k != "builder"}
+    return (mlp if spec["builder"] == "mlp" else resnet18)(**kwargs)
