@@ -23,19 +23,24 @@ __all__ = ["DataInfo", "build_guide", "build_model", "build_optimizer", "build_s
 
 @dataclass(frozen=True)
 class DataInfo:
-    """What a model needs to know about its data: image shape (C, H, W), classes, training size N."""
+    """What a model needs to know about its data: input shape (C, H, W) or (D,), classes (1 for a
+    regression), training size N, and the task."""
 
-    input_shape: Tuple[int, int, int]
+    input_shape: Tuple[int, ...]
     num_classes: int
     num_data: int
+    task: str = "classification"
 
 
 def build_model(cfg: DictConfig, info: DataInfo) -> models.BayesianNetwork:
-    """``model.name`` (mlp | resnet18) sized for ``info``; the plate scales the likelihood to N."""
+    """``model.name`` (mlp | resnet18) sized for ``info``; the plate scales the likelihood to N.
+    A regression gets a Normal likelihood with a learned noise scale."""
     m = cfg.model
     if m.name == "mlp":
-        sizes = [math.prod(info.input_shape), *m.hidden, info.num_classes]
-        return models.mlp(sizes, prior_scale=m.prior_scale, num_data=info.num_data)
+        regression = info.task == "regression"
+        sizes = [math.prod(info.input_shape), *m.hidden, 1 if regression else info.num_classes]
+        return models.mlp(sizes, prior_scale=m.prior_scale, num_data=info.num_data,
+                          likelihood="normal" if regression else "categorical")
     return models.resnet18(
         info.num_classes, prior_scale=m.prior_scale, width=m.width, num_data=info.num_data,
         in_channels=info.input_shape[0],
@@ -59,22 +64,27 @@ def build_guide(cfg: DictConfig, model) -> MaskedAutoNormal:
     )
 
 
-def setup_guide(guide: MaskedAutoNormal, input_shape: Sequence[int], device: torch.device) -> None:
-    """Create the guide's sites with one call on a dummy batch [2, *input_shape] with labels (the
-    labels make ``obs`` an observation, as in training, rather than a latent)."""
+def setup_guide(guide: MaskedAutoNormal, input_shape: Sequence[int], device: torch.device,
+                task: str = "classification") -> None:
+    """Create the guide's sites with one call on a dummy batch [2, *input_shape] with targets (they
+    make ``obs`` an observation, as in training, rather than a latent)."""
+    targets = torch.zeros(2, device=device) if task == "regression" else torch.zeros(2, dtype=torch.long, device=device)
     with torch.no_grad():
-        guide(torch.zeros(2, *input_shape, device=device), torch.zeros(2, dtype=torch.long, device=device))
+        guide(torch.zeros(2, *input_shape, device=device), targets)
 
 
-def build_optimizer(cfg: DictConfig, model, guide: MaskedAutoNormal) -> torch.optim.SGD:
-    """One SGD over two groups: means + point estimates (``train.lr``, ``weight_decay``) and
-    rhos (``train.sigma_lr``, ``sigma_weight_decay``). Call after :func:`setup_guide`."""
+def build_optimizer(cfg: DictConfig, model, guide: MaskedAutoNormal) -> torch.optim.Optimizer:
+    """One ``train.optimizer`` (SGD with ``train.momentum``, or Adam) over two groups: means +
+    point estimates (``train.lr``, ``weight_decay``) and rhos (``train.sigma_lr``,
+    ``sigma_weight_decay``). Call after :func:`setup_guide`."""
     t = cfg.train
     means = guide.loc_parameters() + list(model.parameters())
     groups = [
         {"params": means, "lr": t.lr, "weight_decay": t.weight_decay, "name": "means"},
         {"params": guide.rho_parameters(), "lr": t.sigma_lr, "weight_decay": t.sigma_weight_decay, "name": "sigmas"},
     ]
+    if t.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=t.lr)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
 
 

@@ -21,16 +21,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .criteria import ADDITION_CRITERIA, REMOVAL_CRITERIA
-from .data import DATASETS
+from .data import DATASETS, TABLES
 from .ood import OOD_SETS
 from .errors import SSVIConfigError
 
-__all__ = ["CONFIG_DIR", "CPU_CHANNELS_LAST", "MODELS", "as_config", "channels_last_problem", "compose", "resolve_device", "validate"]
+__all__ = [
+    "CONFIG_DIR", "CPU_CHANNELS_LAST", "MODELS", "TASKS", "as_config", "channels_last_problem", "compose",
+    "resolve_device", "task_of", "validate",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 MODELS = ("mlp", "resnet18")
 LOSSES = ("mean_field", "trace")
 LR_SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16")
 LOSS_SYNCS = ("auto", "step", "epoch")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -105,6 +109,36 @@ BOOLEAN_KEYS = ("progress", "overwrite", "train.channels_last", "method.lrt", "d
 RESERVED_NAMES = ("config.yaml", "overrides.yaml", "metrics.json", "metrics.jsonl", "train.log")
 
 
+TASKS = ("classification", "regression")
+
+
+def task_of(cfg: DictConfig) -> str:
+    """``task``, or the data set's own (``data.task``) when null."""
+    return cfg.task if cfg.task is not None else cfg.data.task
+
+
+def _check_task(cfg: DictConfig) -> None:
+    task = _get(cfg, "task")
+    if task is not None and task not in TASKS:
+        raise SSVIConfigError(f"task={task!r} is not allowed; allowed values: null, {', '.join(TASKS)}")
+    if task is not None and task != cfg.data.task:
+        kinds = {"classification": ", ".join(DATASETS), "regression": ", ".join(TABLES)}
+        raise SSVIConfigError(
+            f"task={task} but data={cfg.data.name} is a {cfg.data.task} data set; for {task} use data= one of "
+            f"{kinds[task]}"
+        )
+    if task_of(cfg) == "regression":
+        if cfg.model.name != "mlp":
+            raise SSVIConfigError(f"model={cfg.model.name} is an image classifier; a regression takes model=mlp")
+        if _get(cfg, "eval.ood") is not None:
+            raise SSVIConfigError("eval.ood is for classifiers; set eval.ood=null for a regression")
+    if cfg.data.name == "table":
+        for key in ("data.path", "data.target"):
+            if not isinstance(_get(cfg, key), str):
+                raise SSVIConfigError(f"data=table needs {key} (data.path=<file.csv|.parquet> data.target=<column>)")
+        _number(cfg, "data.test_fraction", low=0, high=1, low_open=True, high_open=True)
+
+
 def _boolean(cfg: DictConfig, key: str) -> None:
     value = _get(cfg, key)
     if not isinstance(value, bool):
@@ -125,7 +159,7 @@ def _flat_keys(node, prefix: str = "") -> Iterable[Tuple[str, bool]]:
 def known_keys() -> Tuple[frozenset, frozenset]:
     """``(keys, leaves)``: every key some shipped configuration defines (each group option in
     turn), and those among them that hold a value rather than a mapping there."""
-    options = [[]] + [[f"model={m}"] for m in MODELS] + [[f"data={d}"] for d in DATASETS]
+    options = [[]] + [[f"model={m}"] for m in MODELS] + [[f"data={d}"] for d in DATASETS + TABLES]
     for group in ("experiment", "method"):
         options += [[f"{group}={p.stem}"] for p in sorted((CONFIG_DIR / group).glob("*.yaml"))]
     pairs = [kv for overrides in options for kv in _flat_keys(OmegaConf.to_container(compose(overrides)))]
@@ -188,7 +222,8 @@ def validate(cfg: DictConfig) -> None:
     for key in BOOLEAN_KEYS:
         _boolean(cfg, key)
     _choice(cfg, "model.name", MODELS)
-    _choice(cfg, "data.name", DATASETS)
+    _choice(cfg, "data.name", DATASETS + TABLES)
+    _check_task(cfg)
     resolve_device(_get(cfg, "device"))
     _number(cfg, "seed", low=0, high=2**32 - 1, integer=True)  # numpy's seed range
     _number(cfg, "cpu_threads", low=1, integer=True, none_ok=True)
@@ -200,6 +235,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "train.weight_decay", low=0)
     _number(cfg, "train.sigma_weight_decay", low=0)
     _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+    _choice(cfg, "train.optimizer", OPTIMIZERS)
     _choice(cfg, "train.precision", PRECISIONS)
     _choice(cfg, "train.loss_sync", LOSS_SYNCS)
     _number(cfg, "method.sparsity", low=0, high=1, high_open=True)

@@ -34,6 +34,14 @@ class PredictiveMixture:
     family: str
     params: Dict[str, Tensor]
 
+    def affine(self, scale: float, shift: float) -> "PredictiveMixture":
+        """The mixture of ``scale * y + shift`` (e.g. back from standardized units): locations
+        and scales map, StudentT's degrees of freedom stay."""
+        params = dict(self.params)
+        params["loc"] = params["loc"] * scale + shift
+        params["scale"] = params["scale"] * abs(scale)
+        return PredictiveMixture(self.family, params)
+
     def draws(self):
         """The ``S`` component distributions, batched: batch shape ``[S, N, ...]``."""
         cls: Type = FAMILIES[self.family][0]

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from .fileio import atomic_write
 
-__all__ = ["plot_density", "plot_learning_curves", "run_title"]
+__all__ = ["plot_density", "plot_learning_curves", "plot_posterior", "plot_regression", "run_title"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,17 +42,20 @@ def _series(rows: Sequence[dict], key: str):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_learning_curves(rows: Sequence[dict], path: PathLike, title: Optional[str] = None) -> str:
-    """Train loss, test accuracy, test NLL and ECE (15-bin) against epoch; returns ``path``."""
+def plot_learning_curves(rows: Sequence[dict], path: PathLike, title: Optional[str] = None,
+                         task: str = "classification") -> str:
+    """Train loss and three test metrics against epoch (accuracy, NLL, ECE; or for a regression
+    RMSE, NLL and the coverage of the 90% interval); returns ``path``."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 7), dpi=100)
-    panels = [
-        ("train_loss", "train loss (per datum, incl. beta KL)"),
-        ("test_accuracy", "test accuracy"),
-        ("test_nll", "test NLL (nats)"),
-        ("test_ece", "test ECE (15 bins, top label, L1)"),
-    ]
+    panels = [("train_loss", "train loss (per datum, incl. beta KL)")]
+    if task == "regression":
+        panels += [("test_rmse", "test RMSE (target units)"), ("test_nll", "test NLL (nats)"),
+                   ("test_coverage_90", "test coverage of the 90% interval")]
+    else:
+        panels += [("test_accuracy", "test accuracy"), ("test_nll", "test NLL (nats)"),
+                   ("test_ece", "test ECE (15 bins, top label, L1)")]
     for i, (key, label) in enumerate(panels):
         ax = fig.add_subplot(2, 2, i + 1)
         x, y = _series(rows, key)
@@ -100,4 +103,69 @@ def plot_density(rows: Sequence[dict], path: PathLike, title: Optional[str] = No
     elif names:  # too many for a legend: the colour says where the layer sits
         bar = fig.colorbar(ScalarMappable(Normalize(1, len(names)), cmap), ax=lines)
         bar.set_label("layer (1 = input side, as listed on the left)")
+    return _save(fig, path, title)
+
+
+def plot_posterior(layers: Dict[str, dict], path: PathLike, title: Optional[str] = None) -> str:
+    """Per weight site: sigma before and after training (median, 10-90% range, log scale), the
+    fraction of active sigmas that moved by more than 10%, and the median ``|mu| / sigma``
+    (from :func:`pyro_ssvi.diagnostics.posterior_diagnostics`); returns ``path``."""
+    from matplotlib.figure import Figure
+
+    names = list(layers)
+    rows = range(len(names))
+    fig = Figure(figsize=(12, max(3.5, 0.25 * len(names) + 1.5)), dpi=100)
+    sig, moved, snr = fig.subplots(1, 3, sharey=True, gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    for key, color, offset in (("sigma_start", "tab:gray", -0.15), ("sigma_end", "tab:blue", 0.15)):
+        q = [layers[n][key] for n in names]
+        med = [v["median"] for v in q]
+        err = [[m - v["q10"] for m, v in zip(med, q)], [v["q90"] - m for m, v in zip(med, q)]]
+        sig.errorbar(med, [r + offset for r in rows], xerr=err, fmt="o", color=color, markersize=3,
+                     label="start" if key == "sigma_start" else "end", capsize=2)
+    sig.set(xscale="log", xlabel="sigma of active weights (median, 10-90%)")
+    sig.set_yticks(list(rows), names, fontsize=7 if len(names) > 8 else 9)
+    sig.invert_yaxis()
+    sig.legend(fontsize=8)
+    moved.barh(list(rows), [layers[n]["moved"] for n in names], color="tab:green")
+    moved.axvline(0.1, color="k", linestyle="--", linewidth=0.8)
+    moved.set(xlabel="active sigmas moved > 10%", xlim=(0, 1))
+    snr.barh(list(rows), [layers[n]["snr_median"] for n in names], color="tab:purple")
+    snr.set(xlabel="median |mu| / sigma", xscale="log")
+    for ax in (sig, moved, snr):
+        ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path, title)
+
+
+def plot_regression(prediction, y, path: PathLike, title: Optional[str] = None) -> str:
+    """A regression's test predictions: predicted mean against the truth with 90% intervals, and
+    its calibration, the observed coverage of central intervals (and the fraction of targets
+    below each predictive quantile) against the nominal level; returns ``path``."""
+    import torch
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 5), dpi=100)
+    scatter, calib = fig.subplots(1, 2)
+    y = y.detach().cpu().double()
+    mean = prediction.mean.detach().cpu().double()
+    lower, upper = (t.detach().cpu().double() for t in prediction.mixture.interval(0.9))
+    inside = (y >= lower) & (y <= upper)
+    for selected, color, label in ((inside, "tab:blue", "true value inside the 90% interval"),
+                                   (~inside, "tab:red", "outside")):
+        scatter.errorbar(y[selected], mean[selected], yerr=[(mean - lower)[selected], (upper - mean)[selected]],
+                         fmt="o", markersize=3, color=color, ecolor=color, alpha=0.6, elinewidth=0.8, label=label)
+    low, high = float(torch.minimum(y.min(), lower.min())), float(torch.maximum(y.max(), upper.max()))
+    scatter.plot([low, high], [low, high], "k--", linewidth=1)
+    scatter.set(xlabel="true value", ylabel="predicted mean (90% interval)")
+    scatter.legend(fontsize=8)
+    pit = prediction.mixture.cdf(y.to(prediction.mean.dtype).to(prediction.mean.device)).detach().cpu().double()
+    levels = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    coverage = [(2 * (pit - 0.5).abs() <= level).double().mean().item() for level in levels]
+    below = [(pit <= level).double().mean().item() for level in levels]
+    calib.plot(levels, coverage, "o-", markersize=3, label="central interval coverage")
+    calib.plot(levels, below, "s-", markersize=3, label="fraction below the quantile")
+    calib.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+    calib.set(xlabel="nominal level", ylabel="observed fraction", xlim=(0, 1), ylim=(0, 1))
+    calib.legend(fontsize=8)
+    for ax in (scatter, calib):
+        ax.grid(alpha=0.3)
     return _save(fig, path, title)

@@ -32,18 +32,20 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from . import checkpoint, plots
-from .build import DataInfo, build_guide, build_model, build_optimizer, build_scheduler, build_svi, setup_guide
-from .config import as_config, channels_last_problem, resolve_device, validate
-from .data import ArrayDataset, DeviceLoader, load_dataset
-from .errors import SSVICheckpointError, SSVIConfigError, SSVIError
+from .build import build_guide, build_model, build_optimizer, build_scheduler, build_svi, setup_guide
+from .config import as_config, resolve_device, validate
+from .data import DeviceLoader
+from .diagnostics import not_learned_warning, posterior_diagnostics, sigma_snapshot
+from .errors import SSVICheckpointError, SSVIError
 from .fileio import atomic_write
 from .metrics import plot_reliability_diagram
-from .ood import ood_dataset, ood_metrics
-from .training.evaluation import evaluate, predict_fixed, replaced_fractions, summary_table, training_flops
+from .ood import ood_metrics
+from .training.data import RunData, prepare_data, whole
+from .training.evaluation import evaluate, predict_fixed, raw_targets, replaced_fractions, summary_table, training_flops
 from .training.resume import resume_config
 from .training.rundir import claim_run_dir, remove_stale_temporaries, run_log
 
-__all__ = ["load_data", "main", "run", "seed_everything"]
+__all__ = ["main", "run", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -55,42 +57,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def load_data(cfg: DictConfig) -> Tuple[ArrayDataset, ArrayDataset]:
-    """Train and test splits of ``data.name``, with ``data.normalize`` and ``data.limit_*`` applied."""
-    d = cfg.data
-    kwargs = dict(root=d.root, download=bool(d.download), cache_dir=d.cache_dir)
-    if d.name in ("digits", "fashion_mnist"):
-        kwargs = dict(root=d.root)
-    splits = []
-    for split, limit in (("train", d.limit_train), ("test", d.limit_test)):
-        ds = load_dataset(d.name, split=split, **kwargs)
-        if d.normalize is not None:
-            try:
-                ds = dataclasses.replace(ds, mean=tuple(d.normalize.mean), std=tuple(d.normalize.std))
-            except SSVIConfigError as exc:
-                raise SSVIConfigError(f"data.normalize does not fit the data: {exc}") from None
-        if limit is not None and limit < len(ds):
-            # A fixed random subset: archives are sorted by class, so a prefix would be one class.
-            ds = ds.subset(torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit].sort().values)
-        splits.append(ds)
-    return splits[0], splits[1]
-
-
-def _check_against_data(cfg: DictConfig, train: ArrayDataset) -> None:
-    """Config values that only make sense against the data (before anything is written)."""
-    if int(cfg.train.batch_size) > len(train):
-        raise SSVIConfigError(
-            f"train.batch_size={cfg.train.batch_size} exceeds the {len(train)} training examples; use at most "
-            f"{len(train)} (an epoch would be one short batch, and mask updates would hardly ever come)"
-        )
-    side = min(train.image_shape[1:]) if len(train.image_shape) == 3 else None
-    if cfg.data.augment and side is not None and int(cfg.data.pad) >= side:
-        raise SSVIConfigError(
-            f"data.pad={cfg.data.pad} is not smaller than the {side}-pixel images: random crops would be mostly "
-            f"padding; use 0 < data.pad < {side} (CIFAR: 4)"
-        )
-
-
 def _warn_about_schedule(cfg: DictConfig, num_steps: int) -> None:
     end = int(float(cfg.method.update_end) * num_steps)
     if cfg.method.sparsity > 0 and end <= int(cfg.method.update_interval):
@@ -98,13 +64,6 @@ def _warn_about_schedule(cfg: DictConfig, num_steps: int) -> None:
             "no mask update will happen: %d steps with updates until step %d, but method.update_interval=%d; "
             "train longer or lower method.update_interval", num_steps, end, cfg.method.update_interval,
         )
-
-
-def _whole(data: ArrayDataset, batch_size: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """All of ``data`` normalized, in order: x float32 [N, C, H, W] and y int64 [N], on ``device``."""
-    loader = DeviceLoader(data, batch_size, device=device, shuffle=False, generator=0)
-    xs, ys = zip(*loader)
-    return torch.cat(xs), torch.cat(ys)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -151,39 +110,28 @@ def run(cfg: Union[DictConfig, Mapping[str, Any]], overrides: Optional[Sequence[
 def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, overrides: List[str]) -> Dict[str, Any]:
     start_time = time.perf_counter()
     seed_everything(int(cfg.seed))
-    train_data, test_data = load_data(cfg)
-    _check_against_data(cfg, train_data)
-    # Built now so that a bad OOD set fails before training, not after it.
-    ood_data = ood_dataset(cfg.eval.ood, test_data, cfg.eval.ood_root, int(cfg.seed)) if cfg.eval.ood else None
-    info = DataInfo(train_data.image_shape, train_data.num_classes, len(train_data))
-    channels_last = bool(cfg.train.channels_last) and len(info.input_shape) == 3
-    if channels_last and channels_last_problem(device):
-        log.warning("train.channels_last=true is ignored: %s", channels_last_problem(device))
-        channels_last = False
-    loader = DeviceLoader(
-        train_data, int(cfg.train.batch_size), device=device, shuffle=True,
-        augment=bool(cfg.data.augment), pad=int(cfg.data.pad), generator=int(cfg.seed) + 1,
-        channels_last=channels_last,
-    )
-    test_x, test_y = _whole(test_data, int(cfg.eval.batch_size), device)
+    data = prepare_data(cfg, device)
+    info, loader = data.info, data.loader
     num_steps = int(cfg.train.epochs) * len(loader)
     _warn_about_schedule(cfg, num_steps)
 
     model = build_model(cfg, info).to(device)
-    if channels_last:
+    if data.channels_last:
         model = model.to(memory_format=torch.channels_last)
     guide = build_guide(cfg, model)
-    setup_guide(guide, info.input_shape, device)
+    setup_guide(guide, info.input_shape, device, info.task)
     optimizer = build_optimizer(cfg, model, guide)
     scheduler = build_scheduler(cfg, optimizer, num_steps)
-    svi = build_svi(cfg, model, guide, optimizer, num_steps, len(train_data))
+    svi = build_svi(cfg, model, guide, optimizer, num_steps, info.num_data)
     history: List[dict] = []
     start_epoch, elapsed_before = 0, 0.0
+    sigma_start = sigma_snapshot(guide)
     if resume_state is not None:
         _restore(resume_state, model, guide, optimizer, scheduler, svi, loader, cfg.resume, num_steps)
         history = list(resume_state.get("history", []))
         start_epoch = int(resume_state["epoch"])
         elapsed_before = history[-1]["elapsed_s"] if history else 0.0
+        sigma_start = {k: v.to(device) for k, v in resume_state.get("sigma_start", sigma_start).items()}
 
     run_dir = claim_run_dir(cfg)  # everything above could fail without leaving a trace
     out = run_dir.path
@@ -194,8 +142,8 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
     except BaseException:
         run_dir.discard_if_empty()
         raise
-    parts = _Run(out, train_data, info, loader, test_x, test_y, ood_data, model, guide, optimizer, scheduler, svi,
-                 num_steps, history, start_epoch, elapsed_before, start_time)
+    parts = _Run(out, data, model, guide, optimizer, scheduler, svi, num_steps, history, start_epoch, elapsed_before,
+                 start_time, sigma_start)
     with run_log(out / "train.log") as log_file:
         if stale:
             log.info("removed %d temporary file(s) an interrupted write left in %s", len(stale), out)
@@ -212,12 +160,7 @@ class _Run:
     """What the training loop works on."""
 
     out: Path
-    train_data: ArrayDataset
-    info: DataInfo
-    loader: DeviceLoader
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    ood_data: Optional[ArrayDataset]
+    data: RunData
     model: Any
     guide: Any
     optimizer: torch.optim.Optimizer
@@ -228,22 +171,24 @@ class _Run:
     start_epoch: int
     elapsed_before: float
     start_time: float
+    sigma_start: Dict[str, torch.Tensor]  # the guide's sigmas before training (posterior diagnostics)
 
 
 def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, Any], str]:
     """Train from ``run.start_epoch`` to ``train.epochs``, then evaluate and write the outputs;
     returns (final metrics, summary table)."""
     out, model, guide, svi, optimizer, history = run.out, run.model, run.guide, run.svi, run.optimizer, run.history
+    data = run.data
 
     def state(epoch: int) -> dict:
         return {
-            "config": OmegaConf.to_container(cfg), "data_info": dataclasses.asdict(run.info), "epoch": epoch,
-            "normalization": {"mean": list(run.train_data.mean), "std": list(run.train_data.std),
-                              "scale": run.train_data.scale},
+            "config": OmegaConf.to_container(cfg), "data_info": dataclasses.asdict(data.info), "epoch": epoch,
+            "normalization": data.normalization,
             "guide": guide.state_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "svi": svi.state_dict(),
-            "loader": run.loader.state_dict(), "rng": checkpoint.get_rng_state(), "history": history,
+            "loader": data.loader.state_dict(), "rng": checkpoint.get_rng_state(), "history": history,
+            "sigma_start": run.sigma_start,
         }
 
     lazy = cfg.train.loss_sync == "epoch" or (cfg.train.loss_sync == "auto" and device.type == "cuda")
@@ -256,7 +201,7 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             model.train()
             first_step, t0, loss_sum, n = svi.step_count, time.perf_counter(), 0.0, 0
             # disable=None: no bar when stderr is not a terminal (a log file gets the epoch lines).
-            bar = tqdm(run.loader, desc=f"epoch {epoch}/{epochs}", disable=None if cfg.progress else True,
+            bar = tqdm(data.loader, desc=f"epoch {epoch}/{epochs}", disable=None if cfg.progress else True,
                        leave=False, dynamic_ncols=True, mininterval=0.5)
             for x, y in bar:
                 with _autocast(cfg, device):
@@ -275,10 +220,11 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             train_time += epoch_time
             row = {"epoch": epoch, "step": svi.step_count, "train_loss": loss_sum / max(n, 1)}
             if epoch % int(cfg.eval.every) == 0 or epoch == epochs:
-                test_metrics, result = evaluate(model, guide, run.test_x, run.test_y, cfg, epoch)
-                last_acc = round(test_metrics["accuracy"], 4)
+                test_metrics, result = evaluate(model, guide, data, cfg, epoch)
+                last_acc = round(test_metrics["rmse" if data.regression else "accuracy"], 4)
                 row.update({f"test_{k}": v for k, v in test_metrics.items()})
-                row["test_ece"] = test_metrics["ece_top_label_l1_15bin"]
+                if not data.regression:
+                    row["test_ece"] = test_metrics["ece_top_label_l1_15bin"]
             row.update({
                 "density": guide.density(),
                 # Constant by construction (surgery keeps every count): no need to read the masks.
@@ -286,33 +232,51 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
                 "layer_replaced": replaced_fractions(svi, guide, first_step, svi.step_count),
                 "r_t": svi.drop_fraction(), "beta": svi.kl_weight(),
                 "lr": optimizer.param_groups[0]["lr"], "sigma_lr": optimizer.param_groups[1]["lr"],
-                "images_per_s": len(run.train_data) / epoch_time, "epoch_time_s": epoch_time,
+                "images_per_s": len(data.train) / epoch_time, "epoch_time_s": epoch_time,
                 "elapsed_s": run.elapsed_before + time.perf_counter() - run.start_time,
             })
             history.append(row)
-            _write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
             every = int(cfg.checkpoint.every)
-            if epoch == epochs or (every and epoch % every == 0):
+            save = epoch == epochs or (every and epoch % every == 0)
+            if save or "test_nll" in row:  # (rows of the other epochs come with the next write)
+                _write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            if save:
                 checkpoint.save(out / cfg.checkpoint.name, state(epoch))
-            accuracy = row.get("test_accuracy")
-            log.info("epoch %d/%d: loss %.4f, test accuracy %s, %.0f images/s", epoch, epochs, row["train_loss"],
-                     "-" if accuracy is None else f"{accuracy:.4f}", row["images_per_s"])
+            if "test_nll" not in row and not save:
+                continue
+            score = row.get("test_rmse" if data.regression else "test_accuracy")
+            log.info("epoch %d/%d: loss %.4f, test %s %s, %.0f examples/s", epoch, epochs, row["train_loss"],
+                     "RMSE" if data.regression else "accuracy", "-" if score is None else f"{score:.4f}",
+                     row["images_per_s"])
 
     if result is None:  # resumed from a finished run: the last epoch's evaluation, reproduced
-        test_metrics, result = evaluate(model, guide, run.test_x, run.test_y, cfg, epochs)
-    if run.ood_data is not None:
-        ood_x, _ = _whole(run.ood_data, int(cfg.eval.batch_size), device)
-        test_metrics = {**test_metrics, **ood_metrics(result, predict_fixed(model, guide, ood_x, cfg, epochs, stream=1))}
+        test_metrics, result = evaluate(model, guide, data, cfg, epochs)
+    if data.ood is not None:
+        ood_x, _ = whole(data.ood, int(cfg.eval.batch_size), device)
+        ood_result = predict_fixed(model, guide, ood_x, cfg, epochs, stream=1)
+        test_metrics = {**test_metrics, **ood_metrics(result, ood_result),
+                        "mean_mi_test": float(result.mutual_information.mean()),
+                        "mean_mi_ood": float(ood_result.mutual_information.mean())}
+    posterior = posterior_diagnostics(guide, run.sigma_start)
+    warning = not_learned_warning(posterior)
+    if warning:
+        log.warning(warning)
     final = {
         **test_metrics, "density": guide.density(), "epochs": epochs, "steps": svi.step_count,
         "train_time_s": train_time, "elapsed_s": run.elapsed_before + time.perf_counter() - run.start_time,
         "device": str(device), "run_dir": str(out),
-        **training_flops(model, guide, svi, cfg, run.info, run.num_steps, device),
+        **training_flops(model, guide, svi, cfg, data.info, run.num_steps, device),
+        "posterior_sigma_moved": posterior["moved"], "posterior_learned": posterior["learned"],
+        "posterior": posterior["layers"],
     }
     title = plots.run_title(cfg)
-    plot_reliability_diagram(result.probs.cpu(), run.test_y.cpu(), out / "reliability.png", title=title)
-    plots.plot_learning_curves(history, out / "learning_curves.png", title=title)
+    if data.regression:
+        plots.plot_regression(result, raw_targets(data), out / "predictions.png", title=title)
+    else:
+        plot_reliability_diagram(result.probs.cpu(), data.test_y.cpu(), out / "reliability.png", title=title)
+    plots.plot_learning_curves(history, out / "learning_curves.png", title=title, task=data.info.task)
     plots.plot_density(history, out / "density.png", title=title)
+    plots.plot_posterior(posterior["layers"], out / "posterior.png", title=title)
     _write_text(out / "metrics.json", json.dumps({**final, "config": OmegaConf.to_container(cfg)}, indent=2))
     return final, summary_table(final, cfg)
 

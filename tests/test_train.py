@@ -38,9 +38,18 @@ def test_default_config_is_ssvi_90_on_digits_mlp():
     cfg = compose()
     assert (cfg.model.name, cfg.data.name, cfg.method.name) == ("mlp", "digits", "ssvi")
     assert cfg.method.sparsity == 0.9 and list(cfg.model.hidden) == [256, 256]
-    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.momentum) == (30, 64, 0.05, 0.9)
-    assert cfg.device == "auto"
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.momentum) == (60, 64, 0.05, 0.9)
+    # The small-data recipe (docs/small_data_recipes.md): the exact ELBO, rho at its own learning rate.
+    assert (cfg.method.kl_max, cfg.method.kl_warmup, cfg.train.sigma_lr) == (1.0, 0.0, 1.0)
+    assert cfg.device == "auto" and cfg.task is None and cfg.data.task == "classification"
     validate(cfg)
+
+
+def test_the_paper_recipe_is_kept_for_cifar():
+    for data in ("cifar10", "cifar100", "cifar10_archive"):
+        cfg = compose([f"data={data}", "model=resnet18"])
+        assert (cfg.method.kl_max, cfg.method.kl_warmup, cfg.train.sigma_lr) == (0.01, 0.5, cfg.train.lr)
+        assert cfg.train.optimizer == "sgd" and cfg.eval.num_samples == 5
 
 
 def test_fashion_mnist_mlp_is_784_400_400_10_for_10_epochs():
@@ -50,7 +59,7 @@ def test_fashion_mnist_mlp_is_784_400_400_10_for_10_epochs():
 
 @pytest.mark.parametrize("group,options", [
     ("model", ["mlp", "resnet18"]),
-    ("data", ["cifar10", "cifar100", "cifar10_archive", "fashion_mnist", "digits"]),
+    ("data", ["cifar10", "cifar100", "cifar10_archive", "fashion_mnist", "digits", "diabetes"]),
     ("method", ["ssvi", "dense_vi"]),
     ("experiment", ["quickstart", "cifar10_resnet18", "cifar100_resnet18"]),
 ])
@@ -131,7 +140,8 @@ def _interrupt_after_saves(monkeypatch, n: int) -> None:
 
 def test_resume_is_bit_identical_and_outputs_are_complete(tmp_path, monkeypatch):
     # 8 steps per epoch and ΔT = 3 until the end, so masks change in every one of the 3 epochs.
-    common = ["train.epochs=3", "data.limit_train=512", "method.update_interval=3", "method.update_end=1.0", "seed=3"]
+    common = ["train.epochs=3", "data.limit_train=512", "method.update_interval=3", "method.update_end=1.0", "seed=3",
+              "method.kl_warmup=0.5"]
     full = train.run(cfg_for(tmp_path / "full", *common))
 
     with monkeypatch.context() as m:

@@ -1,4 +1,4 @@
-"""Image classification data held whole in memory, and a device-resident batch loader.
+"""Data held whole in memory (image classification, tabular regression), and device-resident loaders.
 
 Every data set is loaded into an :class:`ArrayDataset`: uint8 images ``[N, C, H, W]``,
 int64 labels ``[N]``, the number of classes, and the per-channel mean/std (of the
@@ -10,11 +10,12 @@ the training device once and yields normalized, optionally augmented float batch
 >>> x, y = next(iter(loader))   # x float32 [128, 1, 8, 8], y int64 [128]
 
 Modules: :mod:`.core` (the data set type), :mod:`.archive` (image-folder archives and
-their decoded cache), :mod:`.sources` (the named data sets), :mod:`.loader`.
+their decoded cache), :mod:`.sources` (the named data sets), :mod:`.loader`, :mod:`.tables`
+(regression tables: diabetes, any CSV / Parquet).
 """
 from pyro_ssvi.data.archive import cache_path_for, default_cache_dir, load_image_archive
 from pyro_ssvi.data.core import ArrayDataset, channel_stats
-from pyro_ssvi.data.loader import DeviceLoader, crop_flip
+from pyro_ssvi.data.loader import BatchOrder, DeviceLoader, crop_flip
 from pyro_ssvi.data.sources import (
     CIFAR10_CLASSES,
     DATASETS,
@@ -25,12 +26,17 @@ from pyro_ssvi.data.sources import (
     load_fashion_mnist,
     read_idx,
 )
+from pyro_ssvi.data.tables import TABLES, TableDataset, TableLoader, load_diabetes, load_table, load_table_splits
 
 __all__ = [
     "ArrayDataset",
+    "BatchOrder",
     "CIFAR10_CLASSES",
     "DATASETS",
     "DeviceLoader",
+    "TABLES",
+    "TableDataset",
+    "TableLoader",
     "cache_path_for",
     "channel_stats",
     "crop_flip",
@@ -38,8 +44,11 @@ __all__ = [
     "default_data_roots",
     "load_cifar",
     "load_dataset",
+    "load_diabetes",
     "load_digits",
     "load_fashion_mnist",
     "load_image_archive",
+    "load_table",
+    "load_table_splits",
     "read_idx",
 ]

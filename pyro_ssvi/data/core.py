@@ -47,6 +47,7 @@ class ArrayDataset:
     name: str
     scale: float = 255.0
     classes: tuple[str, ...] = ()
+    task = "classification"  # (a class attribute, not a field)
 
     def __post_init__(self) -> None:
         # Fail here, at construction, rather than with a shape error deep inside training.

@@ -53,7 +53,115 @@ def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, pad: int, index: T
     return out.masked_fill_(~valid, 0)
 
 
-class DeviceLoader:
+class BatchOrder:
+    """Epochs of index batches over ``num_examples`` examples, reshuffled from one generator,
+    with :meth:`state_dict` / :meth:`load_state_dict` that resume an interrupted epoch exactly.
+    Subclasses turn an index batch into data (:meth:`_batch`)."""
+
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        *,
+        device: torch.device | str,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        generator: torch.Generator | int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise SSVIConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.num_examples = int(num_examples)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        if isinstance(generator, torch.Generator):
+            self.generator = generator
+        else:
+            if generator is None:
+                generator = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+            self.generator = torch.Generator(device=self.device).manual_seed(int(generator))
+        self._epoch = 0  # epochs started
+        self._order: Tensor | None = None  # current epoch's order; None between epochs
+        self._pos = 0  # batches of the current epoch handed out
+        self._resume: tuple[Tensor | None, int] | None = None
+        self._active: object | None = None  # identifies the live iterator
+
+    def __len__(self) -> int:
+        n = self.num_examples
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def epoch(self) -> int:
+        """Number of epochs started so far (including a resumed one)."""
+        return self._epoch
+
+    def _rand_device(self) -> torch.device:
+        return self.generator.device
+
+    def _new_order(self) -> Tensor | None:
+        if not self.shuffle:
+            return None
+        perm = torch.randperm(self.num_examples, generator=self.generator, device=self._rand_device())
+        return perm.to(self.device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self._resume is not None:
+            order, start = self._resume
+            self._resume = None
+        else:
+            self._epoch += 1
+            order, start = self._new_order(), 0
+        self._order, self._pos = order, start
+        token = self._active = object()
+        n, bs = self.num_examples, self.batch_size
+        try:
+            for k in range(start, len(self)):
+                lo, hi = k * bs, min((k + 1) * bs, n)
+                idx = order[lo:hi] if order is not None else torch.arange(lo, hi, device=self.device)
+                self._pos = k + 1
+                yield self._batch(idx)
+        finally:
+            # Exhausted or abandoned: either way the next iter() starts a fresh epoch. An
+            # older iterator collected late must not reset the epoch of a newer one.
+            if self._active is token:
+                self._order, self._pos, self._active = None, 0, None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator state, epoch count and position in the current epoch (host tensors)."""
+        in_epoch = self._pos > 0 and self._pos < len(self)
+        order = self._order if in_epoch else None
+        return {
+            "generator": self.generator.get_state(),
+            "epoch": self._epoch,
+            "position": self._pos if in_epoch else 0,
+            "order": order.cpu() if order is not None else None,
+            "shuffle": self.shuffle,
+            "num_examples": self.num_examples,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; the next ``iter()`` continues from there."""
+        if state.get("num_examples") != self.num_examples:
+            raise SSVIConfigError(
+                f"loader state is for {state.get('num_examples')} examples, this loader has {self.num_examples}"
+            )
+        if state.get("shuffle") != self.shuffle:
+            raise SSVIConfigError("loader state was saved with a different shuffle setting")
+        self.generator.set_state(state["generator"])
+        self._epoch = int(state["epoch"])
+        position = int(state["position"])
+        order = state["order"]
+        if 0 < position < len(self):
+            self._resume = (order.to(self.device) if order is not None else None, position)
+        else:
+            self._resume = None
+
+    def _batch(self, idx: Tensor):
+        raise NotImplementedError
+
+
+class DeviceLoader(BatchOrder):
     """Shuffled, normalized (and optionally augmented) minibatches of a device-resident data set.
 
     :param data: the data set; its tensors are moved to ``device`` once, here.
@@ -97,55 +205,22 @@ class DeviceLoader:
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if batch_size < 1:
-            raise SSVIConfigError(f"batch_size must be >= 1, got {batch_size}")
         if pad < 0:
             raise SSVIConfigError(f"pad must be >= 0, got {pad}")
         if not dtype.is_floating_point:
             raise SSVIConfigError(f"dtype must be a floating type, got {dtype}")
-        self.device = torch.device(device)
+        super().__init__(len(data), batch_size, device=device, shuffle=shuffle, drop_last=drop_last,
+                         generator=generator)
         self.data = data.to(self.device)
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
         self.augment = augment
         self.pad = int(pad)
-        self.drop_last = drop_last
         self.channels_last = channels_last
         self.dtype = dtype
-        if isinstance(generator, torch.Generator):
-            self.generator = generator
-        else:
-            if generator is None:
-                generator = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-            self.generator = torch.Generator(device=self.device).manual_seed(int(generator))
         # (x / scale - mean) / std  ==  x * a + b, folded once into two [1, C, 1, 1] tensors.
         std = torch.tensor(data.std, dtype=torch.float64)
         mean = torch.tensor(data.mean, dtype=torch.float64)
         self._a = (1.0 / (data.scale * std)).float().view(1, -1, 1, 1).to(self.device)
         self._b = (-mean / std).float().view(1, -1, 1, 1).to(self.device)
-        self._epoch = 0  # epochs started
-        self._order: Tensor | None = None  # current epoch's order; None between epochs
-        self._pos = 0  # batches of the current epoch handed out
-        self._resume: tuple[Tensor | None, int] | None = None
-        self._active: object | None = None  # identifies the live iterator
-
-    def __len__(self) -> int:
-        n = len(self.data)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    @property
-    def epoch(self) -> int:
-        """Number of epochs started so far (including a resumed one)."""
-        return self._epoch
-
-    def _rand_device(self) -> torch.device:
-        return self.generator.device
-
-    def _new_order(self) -> Tensor | None:
-        if not self.shuffle:
-            return None
-        perm = torch.randperm(len(self.data), generator=self.generator, device=self._rand_device())
-        return perm.to(self.device)
 
     def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         images = self.data.images
@@ -164,55 +239,3 @@ class DeviceLoader:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.data.labels[idx]
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        if self._resume is not None:
-            order, start = self._resume
-            self._resume = None
-        else:
-            self._epoch += 1
-            order, start = self._new_order(), 0
-        self._order, self._pos = order, start
-        token = self._active = object()
-        n, bs = len(self.data), self.batch_size
-        try:
-            for k in range(start, len(self)):
-                lo, hi = k * bs, min((k + 1) * bs, n)
-                idx = order[lo:hi] if order is not None else torch.arange(lo, hi, device=self.device)
-                self._pos = k + 1
-                yield self._batch(idx)
-        finally:
-            # Exhausted or abandoned: either way the next iter() starts a fresh epoch. An
-            # older iterator collected late must not reset the epoch of a newer one.
-            if self._active is token:
-                self._order, self._pos, self._active = None, 0, None
-
-    def state_dict(self) -> dict[str, Any]:
-        """The generator state, epoch count and position in the current epoch (host tensors)."""
-        in_epoch = self._pos > 0 and self._pos < len(self)
-        order = self._order if in_epoch else None
-        return {
-            "generator": self.generator.get_state(),
-            "epoch": self._epoch,
-            "position": self._pos if in_epoch else 0,
-            "order": order.cpu() if order is not None else None,
-            "shuffle": self.shuffle,
-            "num_examples": len(self.data),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; the next ``iter()`` continues from there."""
-        if state.get("num_examples") != len(self.data):
-            raise SSVIConfigError(
-                f"loader state is for {state.get('num_examples')} examples, this loader has {len(self.data)}"
-            )
-        if state.get("shuffle") != self.shuffle:
-            raise SSVIConfigError("loader state was saved with a different shuffle setting")
-        self.generator.set_state(state["generator"])
-        self._epoch = int(state["epoch"])
-        position = int(state["position"])
-        order = state["order"]
-        if 0 < position < len(self):
-            self._resume = (order.to(self.device) if order is not None else None, position)
-        else:
-            self._resume = None

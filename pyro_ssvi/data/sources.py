@@ -37,7 +37,7 @@ __all__ = [
     "default_data_roots",
 ]
 
-DATASETS = ("cifar10", "cifar100", "cifar10_archive", "fashion_mnist", "digits")
+DATASETS = ("cifar10", "cifar100", "cifar10_archive", "fashion_mnist", "digits")  # image classification
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",

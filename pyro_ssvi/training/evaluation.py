@@ -9,6 +9,7 @@ reports exactly the numbers the uninterrupted run wrote.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Dict, Mapping, Tuple
 
 import torch
@@ -16,9 +17,10 @@ from omegaconf import DictConfig
 
 from ..build import DataInfo
 from ..metrics import classification_metrics
-from ..predictive import ClassPrediction, predict
+from ..predictive import ClassPrediction, RegressionPrediction, predict
+from ..regression_metrics import regression_metrics
 
-__all__ = ["evaluate", "predict_fixed", "replaced_fractions", "summary_table", "training_flops"]
+__all__ = ["evaluate", "predict_fixed", "raw_targets", "replaced_fractions", "summary_table", "training_flops"]
 
 
 @contextlib.contextmanager
@@ -35,10 +37,33 @@ def predict_fixed(model, guide, x: torch.Tensor, cfg: DictConfig, epoch: int, st
         return predict(model, guide, x, num_samples=int(cfg.eval.num_samples), batch_size=int(cfg.eval.batch_size))
 
 
-def evaluate(model, guide, x: torch.Tensor, y: torch.Tensor, cfg: DictConfig, epoch: int) -> Tuple[dict, ClassPrediction]:
-    """Classification metrics of the predictive after ``epoch``: (metrics dict, ClassPrediction)."""
-    result = predict_fixed(model, guide, x, cfg, epoch)
-    return classification_metrics(result.probs.cpu(), y.cpu()), result
+def raw_targets(data) -> torch.Tensor:
+    """The test targets in their own units (a regression's are standardized for the model)."""
+    if not data.regression:
+        return data.test_y
+    return data.test_y * data.train.target_std + data.train.target_mean
+
+
+def _in_target_units(prediction: RegressionPrediction, data) -> RegressionPrediction:
+    scale, shift = data.train.target_std, data.train.target_mean
+    return dataclasses.replace(
+        prediction, mixture=prediction.mixture.affine(scale, shift),
+        intervals={level: (lo * scale + shift, hi * scale + shift) for level, (lo, hi) in prediction.intervals.items()},
+        returns=None if prediction.returns is None else prediction.returns * scale + shift,
+    )
+
+
+def evaluate(model, guide, data, cfg: DictConfig, epoch: int) -> Tuple[dict, Any]:
+    """Metrics of the predictive on the test split after ``epoch``: (metrics dict, prediction).
+    A regression's prediction and metrics are in the target's own units."""
+    result = predict_fixed(model, guide, data.test_x, cfg, epoch)
+    if data.regression:
+        result = _in_target_units(result, data)
+        metrics = regression_metrics(result, raw_targets(data).cpu())
+        if "sigma" in getattr(guide, "latent_sites", {}):  # the likelihood's learned noise scale
+            metrics["noise_sigma"] = float(guide.median()["sigma"]) * data.train.target_std
+        return metrics, result
+    return classification_metrics(result.probs.cpu(), data.test_y.cpu()), result
 
 
 def replaced_fractions(svi, guide, first_step: int, last_step: int) -> Dict[str, float]:
@@ -78,15 +103,36 @@ def training_flops(model, guide, svi, cfg: DictConfig, info: DataInfo, num_steps
     }
 
 
-def summary_table(final: Mapping[str, Any], cfg: DictConfig) -> str:
-    """The run's final numbers, one per line, for the console and train.log."""
-    rows = [
+def _task_rows(final: Mapping[str, Any], cfg: DictConfig) -> list:
+    if "rmse" in final:  # a regression, in the target's units
+        return [
+            ("RMSE / MAE (%d draws)" % cfg.eval.num_samples, f"{final['rmse']:.4f} / {final['mae']:.4f}"),
+            ("NLL (nats)", f"{final['nll']:.4f}"),
+            ("coverage of 50 / 90 / 95% intervals",
+             " / ".join(f"{final[f'coverage_{p}']:.3f}" for p in (50, 90, 95))),
+            ("mean width of the 90% interval", f"{final['width_90']:.4f}"),
+            ("quantile calibration error", f"{final['quantile_calibration_error']:.4f}"),
+            ("CRPS", f"{final['crps']:.4f}"),
+            *[("noise sigma (posterior median)", f"{final['noise_sigma']:.4f}") for _ in [0] if "noise_sigma" in final],
+        ]
+    return [
         ("accuracy (%d draws)" % cfg.eval.num_samples, f"{final['accuracy']:.4f}"),
         ("NLL (nats)", f"{final['nll']:.4f}"),
         ("ECE (15-bin, top-label, L1)", f"{final['ece_top_label_l1_15bin']:.4f}"),
         ("calibration error (paper)", f"{final.get('calibration_error_paper', float('nan')):.4f}"),
         *[(f"OOD AUROC ({cfg.eval.ood}, {k})", f"{final[f'ood_auroc_{k}']:.4f}")
           for k in ("entropy", "mutual_information") if f"ood_auroc_{k}" in final],
+    ]
+
+
+def summary_table(final: Mapping[str, Any], cfg: DictConfig) -> str:
+    """The run's final numbers, one per line, for the console and train.log."""
+    rows = [
+        *_task_rows(final, cfg),
+        ("active sigmas moved > 10% (learned?)", f"{100 * final['posterior_sigma_moved']:.1f}% "
+                                                 f"({'yes' if final['posterior_learned'] else 'NO'})"),
+        *[(f"mean MI, test / {cfg.eval.ood}", f"{final['mean_mi_test']:.4f} / {final['mean_mi_ood']:.4f}")
+          for _ in [0] if "mean_mi_ood" in final],
         ("density", f"{final['density']:.4f}"),
         ("training FLOPs / dense VI", f"{final['training_flops_relative']:.3f} theoretical, "
                                       f"{final['training_flops_relative_executed']:.3f} executed"),

@@ -30,7 +30,9 @@ __all__ = ["RUN_FILES", "RunDir", "claim_run_dir", "run_log"]
 #: Files whose presence means a directory holds a run's results.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.json", "train.log")
 #: Files a run writes (besides its checkpoint); ``overwrite=true`` removes them first.
-OUTPUT_FILES = RUN_FILES + ("learning_curves.png", "density.png", "reliability.png")
+OUTPUT_FILES = RUN_FILES + (
+    "overrides.yaml", "learning_curves.png", "density.png", "reliability.png", "posterior.png", "predictions.png",
+)
 
 
 class RunDir:
