@@ -19,5 +19,8 @@ setup(
         "uncertainty-calibration>=0.1.4",  # the paper's calibration error
         "safetensors>=0.4",  # the compact posterior file (pyro_ssvi.export)
     ],
-    extras_require={"test": ["pytest>=7", "scoringrules>=0.7; python_version >= '3.11'"]},
+    extras_require={
+        "parquet": ["pyarrow>=12"],  # data=table with a .parquet file
+        "test": ["pytest>=7", "pyarrow>=12", "scoringrules>=0.7; python_version >= '3.11'"],
+    },
 )

@@ -59,7 +59,7 @@ def plot_learning_curves(rows: Sequence[dict], path: PathLike, title: Optional[s
     for i, (key, label) in enumerate(panels):
         ax = fig.add_subplot(2, 2, i + 1)
         x, y = _series(rows, key)
-        ax.plot(x, y, marker="o", markersize=3)
+        ax.plot(x, y, marker="o" if len(x) <= 100 else None, markersize=3)
         ax.set(xlabel="epoch", ylabel=label)
         _epoch_axis(ax)
         ax.grid(alpha=0.3)

@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Predictive
+from torch import nn
 
 from pyro_ssvi import MaskedAutoNormal, models, ops
 from pyro_ssvi.mixture import PredictiveMixture
@@ -160,3 +161,20 @@ def test_quantile_calibration_of_targets_drawn_from_the_predictive_is_flat():
     assert (observed - expected).abs().max() < 0.03
     shifted = quantile_calibration(mix, y + 1.0)[1]
     assert (shifted - expected).abs().mean() > 0.1  # a biased predictive is caught
+
+
+def test_bayesianize_takes_a_likelihood_and_its_noise_latent_is_fitted():
+    from pyro.infer import TraceMeanField_ELBO
+
+    from pyro_ssvi import SSVI
+
+    net = models.bayesianize(nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 1)), likelihood="normal")
+    x = torch.randn(200, 3)
+    y = x[:, 0] + 0.2 * torch.randn(200)
+    guide = MaskedAutoNormal(net, sparsity=0.5, seed=0)
+    svi = SSVI(net, guide, pyro.optim.Adam({"lr": 0.03}), TraceMeanField_ELBO())
+    for _ in range(400):
+        svi.step(x, y)
+    assert set(guide.latent_sites) == {"sigma"}
+    assert guide.median()["sigma"].item() == pytest.approx(0.2, rel=0.5)
+    assert isinstance(predict(net, guide, x, num_samples=3), RegressionPrediction)
