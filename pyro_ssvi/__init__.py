@@ -10,7 +10,7 @@
 
 from . import criteria, handlers, models, nn, ops
 from .distributions import MaskedNormal, SubspacePrior
-from .errors import NonFiniteLossError, SSVIConfigError, SSVIError
+from .errors import NonFiniteLossError, NonFiniteOutputError, SSVIConfigError, SSVIError
 from .checkpoint import load
 from .export import export, load_posterior
 from .guides import MaskedAutoNormal
@@ -22,6 +22,7 @@ __all__ = [
     "MaskedAutoNormal",
     "MaskedNormal",
     "NonFiniteLossError",
+    "NonFiniteOutputError",
     "PAPER_RECIPE",
     "SSVI",
     "SSVIConfigError",

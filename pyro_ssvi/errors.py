@@ -23,6 +23,10 @@ class NonFiniteLossError(SSVIError, FloatingPointError):
     """The loss became NaN or infinite; raised before any parameter or mask changes."""
 
 
+class NonFiniteOutputError(SSVIError, FloatingPointError):
+    """A model's likelihood parameters (its outputs) are NaN or infinite at prediction time."""
+
+
 class SSVIDataError(SSVIError, RuntimeError):
     """A data set is corrupt or not in the expected layout."""
 

@@ -21,10 +21,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from pyro import poutine
 from pyro.distributions import Bernoulli, Categorical, Independent
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from .errors import SSVIConfigError
+from .errors import NonFiniteOutputError, SSVIConfigError
 from .handlers import UseMeansMessenger, UseValuesMessenger, lrt
 from .mixture import FAMILIES, PredictiveMixture
 
@@ -195,10 +196,33 @@ def predict(
     return _summarize(draws, levels)
 
 
+class _RefuseNonFiniteLikelihoods(Messenger):
+    """Raise :class:`NonFiniteOutputError` at an observation site whose distribution has NaN or
+    infinite parameters, before it is sampled (torch's samplers fail there with a native error
+    that names neither the site nor the cause)."""
+
+    def __init__(self, covered) -> None:
+        super().__init__()
+        self.covered = covered
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] != "sample" or msg["is_observed"] or msg["name"] in self.covered:
+            return
+        for name, value in _likelihood_params(msg["fn"])[1].items():
+            bad = ~torch.isfinite(value)
+            if bool(bad.any()):
+                raise NonFiniteOutputError(
+                    f"predict(): the {name} of observation site {msg['name']!r} are NaN or infinite in "
+                    f"{int(bad.sum())} of {value.numel()} entries, so the model's outputs are not finite; this "
+                    "usually means training diverged (a loss that grew by orders of magnitude): retrain with "
+                    "lower learning rates (the training app: train.lr, train.sigma_lr) or a smaller KL weight"
+                )
+
+
 def _one_draw(model, guide, guide_fn, chunks, local_reparameterization) -> dict:
     """One weight draw run over every chunk: return value, observation values and likelihood."""
     guide_trace = poutine.trace(guide_fn).get_trace(chunks[0])
-    run = poutine.replay(model, trace=guide_trace)
+    run = _RefuseNonFiniteLikelihoods(frozenset(guide_trace.nodes))(poutine.replay(model, trace=guide_trace))
     if local_reparameterization:
         run = lrt(run, guide=guide)
     parts = []

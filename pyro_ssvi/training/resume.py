@@ -85,7 +85,8 @@ def resume_config(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) ->
     stored = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg)), OmegaConf.create(state["config"]))
     flat_stored, flat_cfg = _flatten(OmegaConf.to_container(stored)), _flatten(OmegaConf.to_container(cfg))
     changes = {k: flat_cfg[k] for k in touched_keys(cfg, overrides) if k in flat_cfg and flat_cfg[k] != flat_stored.get(k)}
-    refused = sorted(k for k in changes if not _resumable(k))
+    # A group choice (model=..., data=...) changes many keys: name its `.name` first, as the cause.
+    refused = sorted((k for k in changes if not _resumable(k)), key=lambda k: (not k.endswith(".name"), k))
     if refused:
         shown = ", ".join(f"{k}={changes[k]!r} (stored {flat_stored.get(k)!r})" for k in refused[:4])
         more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
