@@ -1,4 +1,5 @@
-"""Train a Bayesian network (a classifier or a regression) with SSVI from a config: ``python -m pyro_ssvi.train [overrides]``.
+"""Train a Bayesian network (a classifier or a regression) with SSVI from a config:
+``python -m pyro_ssvi.train [overrides]``.
 
 :func:`run` does the work and returns the final metrics; :func:`main` is the thin Hydra
 entry point around it. Everything that can be checked before training is checked first (the
