@@ -64,11 +64,12 @@ def build_guide(cfg: DictConfig, model) -> MaskedAutoNormal:
     )
 
 
-def setup_guide(guide: MaskedAutoNormal, input_shape: Sequence[int], device: torch.device,
-                task: str = "classification") -> None:
-    """Create the guide's sites with one call on a dummy batch [2, *input_shape] with targets (they
-    make ``obs`` an observation, as in training, rather than a latent)."""
-    targets = torch.zeros(2, device=device) if task == "regression" else torch.zeros(2, dtype=torch.long, device=device)
+def setup_guide(guide: MaskedAutoNormal, model, input_shape: Sequence[int], device: torch.device) -> None:
+    """Create the guide's sites with one call on a dummy batch [2, *input_shape] with targets of
+    the model's likelihood (they make ``obs`` an observation, as in training, rather than a
+    latent); a model without a ``likelihood`` gets none."""
+    likelihood = getattr(model, "likelihood", None)
+    targets = likelihood.example_targets(2, device) if likelihood is not None else None
     with torch.no_grad():
         guide(torch.zeros(2, *input_shape, device=device), targets)
 

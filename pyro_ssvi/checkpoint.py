@@ -136,7 +136,7 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[torc
     info = DataInfo(**{**state["data_info"], "input_shape": tuple(state["data_info"]["input_shape"])})
     model = build_model(cfg, info).to(device)
     guide = build_guide(cfg, model)
-    setup_guide(guide, info.input_shape, device, info.task)
+    setup_guide(guide, model, info.input_shape, device)
     try:
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])

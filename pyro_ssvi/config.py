@@ -15,7 +15,7 @@ import difflib
 import functools
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +27,7 @@ from .errors import SSVIConfigError
 
 __all__ = [
     "CONFIG_DIR", "CPU_CHANNELS_LAST", "MODELS", "TASKS", "as_config", "channels_last_problem", "compose",
-    "resolve_device", "task_of", "validate",
+    "flat_items", "flat_values", "resolve_device", "task_of", "validate",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -145,14 +145,24 @@ def _boolean(cfg: DictConfig, key: str) -> None:
         raise SSVIConfigError(f"{key}={value!r} is not allowed; allowed values: true, false")
 
 
-def _flat_keys(node, prefix: str = "") -> Iterable[Tuple[str, bool]]:
-    """``(dotted path, is a mapping)`` of every key in ``node`` (lists are leaves)."""
+def flat_items(node: dict, prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    """``(dotted path, value)`` of every key in the plain container ``node``, mappings included
+    (before their own keys); lists are values."""
     for key, value in node.items():
         path = f"{prefix}{key}"
-        nested = isinstance(value, dict)
-        yield path, nested
-        if nested:
-            yield from _flat_keys(value, path + ".")
+        yield path, value
+        if isinstance(value, dict):
+            yield from flat_items(value, path + ".")
+
+
+def flat_values(node: dict) -> Dict[str, Any]:
+    """Dotted path -> value of every key of ``node`` that holds a value rather than a mapping."""
+    return {path: value for path, value in flat_items(node) if not isinstance(value, dict)}
+
+
+def _flat_keys(node: dict) -> Iterator[Tuple[str, bool]]:
+    """``(dotted path, is a mapping)`` of every key in ``node``."""
+    return ((path, isinstance(value, dict)) for path, value in flat_items(node))
 
 
 @functools.lru_cache(maxsize=1)

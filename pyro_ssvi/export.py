@@ -95,11 +95,11 @@ def export(model, guide, path: PathLike, metadata: Optional[Dict[str, Any]] = No
             tensors[f"weight/{name}/rho"] = rho.cpu()
         sites[name] = entry
     latents = {}
-    for name in guide.latent_sites:
-        key = name.replace(".", "__")
-        tensors[f"latent/{name}/loc"] = guide._modules["latent_locs"][key].detach().cpu()
-        tensors[f"latent/{name}/rho"] = guide._modules["latent_rhos"][key].detach().cpu()
-        latents[name] = {"shape": list(guide.latent_sites[name].shape)}
+    for name, info in guide.latent_sites.items():
+        loc, rho = guide.latent_params(name)
+        tensors[f"latent/{name}/loc"] = loc.detach().cpu()
+        tensors[f"latent/{name}/rho"] = rho.detach().cpu()
+        latents[name] = {"shape": list(info.shape)}
     for key, value in model.state_dict().items():
         if not key.endswith("initial_weight"):  # a kept trained weight only seeds the guide
             tensors[f"model/{key}"] = value.detach().cpu().contiguous()
@@ -160,6 +160,7 @@ def load_posterior(path: PathLike, model=None, device: Union[str, torch.device] 
     :raises SSVICheckpointError: missing, truncated or foreign file, another version, or a model
         whose shapes differ from the stored ones.
     """
+    from .build import setup_guide
     from .guides import MaskedAutoNormal
     from .models import from_spec
 
@@ -170,9 +171,7 @@ def load_posterior(path: PathLike, model=None, device: Union[str, torch.device] 
     model = model.to(device).eval()  # set-up below runs the model: BatchNorm must not learn from it
     guide = MaskedAutoNormal(model, sparsity=header["sparsity"], dense_sites=header["dense_sites"],
                              sparse_1d=header["sparse_1d"], seed=0)
-    x = torch.zeros(2, *header["input_shape"], device=device)
-    with torch.no_grad():
-        guide(x, _dummy_targets(model, device))
+    setup_guide(guide, model, header["input_shape"], device)
     stored = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     expected = {k for k in model.state_dict() if not k.endswith("initial_weight")}
     if set(stored) != expected:
@@ -190,15 +189,6 @@ def load_posterior(path: PathLike, model=None, device: Union[str, torch.device] 
         ) from None
     _fill_guide(guide, header, tensors, path)
     return model, guide
-
-
-def _dummy_targets(model, device) -> Optional[Tensor]:
-    likelihood = getattr(model, "likelihood", None)
-    if likelihood is None:
-        return None
-    if likelihood.task == "regression" or likelihood.name == "bernoulli":
-        return torch.zeros(2, device=device)
-    return torch.zeros(2, dtype=torch.long, device=device)
 
 
 @torch.no_grad()
@@ -232,6 +222,6 @@ def _fill_guide(guide, header: dict, tensors: Dict[str, Tensor], path: Path) -> 
             loc.copy_(stored_loc.reshape(loc.shape))
             rho.copy_(stored_rho.reshape(rho.shape))
     for name in header["latents"]:
-        key = name.replace(".", "__")
-        guide._modules["latent_locs"][key].copy_(tensors[f"latent/{name}/loc"])
-        guide._modules["latent_rhos"][key].copy_(tensors[f"latent/{name}/rho"])
+        loc, rho = guide.latent_params(name)
+        loc.copy_(tensors[f"latent/{name}/loc"])
+        rho.copy_(tensors[f"latent/{name}/rho"])

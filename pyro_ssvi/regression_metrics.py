@@ -56,8 +56,8 @@ def crps_from_samples(samples: Tensor, y: Tensor) -> Tensor:
 def regression_metrics(prediction, y: Tensor, levels: Sequence[float] = LEVELS, crps_samples: int = 2000) -> Dict[str, float]:
     """The metrics of the module docstring, for targets ``y`` [N]."""
     mixture = prediction.mixture if hasattr(prediction, "mixture") else prediction
-    y = y.to(mixture.mean.dtype)
     mean = mixture.mean
+    y = y.to(mean.dtype)
     out = {
         "rmse": float((mean - y).pow(2).mean().sqrt()),
         "mae": float((mean - y).abs().mean()),

@@ -120,7 +120,7 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
     if data.channels_last:
         model = model.to(memory_format=torch.channels_last)
     guide = build_guide(cfg, model)
-    setup_guide(guide, info.input_shape, device, info.task)
+    setup_guide(guide, model, info.input_shape, device)
     optimizer = build_optimizer(cfg, model, guide)
     scheduler = build_scheduler(cfg, optimizer, num_steps)
     svi = build_svi(cfg, model, guide, optimizer, num_steps, info.num_data)
@@ -192,10 +192,11 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             "sigma_start": run.sigma_start,
         }
 
+    headline, headline_label = ("rmse", "RMSE") if data.regression else ("accuracy", "accuracy")  # per-epoch score
     lazy = cfg.train.loss_sync == "epoch" or (cfg.train.loss_sync == "auto" and device.type == "cuda")
     step = svi.step_async if lazy else svi.step
     epochs, result, test_metrics = int(cfg.train.epochs), None, {}
-    last_acc = history[-1].get("test_accuracy") if history else None
+    last_score = history[-1].get(f"test_{headline}") if history else None
     train_time = sum(r["epoch_time_s"] for r in history)
     with pyro.validation_enabled(False):  # validation checks cost time on every step
         for epoch in range(run.start_epoch + 1, epochs + 1):
@@ -211,8 +212,8 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
                 n += 1
                 if not bar.disable and n % 10 == 0:
                     postfix = {"loss": f"{float(loss_sum) / n:.4f}", "density": f"{guide.density():.3f}"}
-                    if last_acc is not None:
-                        postfix["acc"] = last_acc
+                    if last_score is not None:
+                        postfix[headline_label] = last_score
                     bar.set_postfix(postfix)
             bar.close()
             svi.check_finite()
@@ -222,7 +223,7 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             row = {"epoch": epoch, "step": svi.step_count, "train_loss": loss_sum / max(n, 1)}
             if epoch % int(cfg.eval.every) == 0 or epoch == epochs:
                 test_metrics, result = evaluate(model, guide, data, cfg, epoch)
-                last_acc = round(test_metrics["rmse" if data.regression else "accuracy"], 4)
+                last_score = round(test_metrics[headline], 4)
                 row.update({f"test_{k}": v for k, v in test_metrics.items()})
                 if not data.regression:
                     row["test_ece"] = test_metrics["ece_top_label_l1_15bin"]
@@ -245,10 +246,9 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
                 checkpoint.save(out / cfg.checkpoint.name, state(epoch))
             if "test_nll" not in row and not save:
                 continue
-            score = row.get("test_rmse" if data.regression else "test_accuracy")
+            score = row.get(f"test_{headline}")
             log.info("epoch %d/%d: loss %.4f, test %s %s, %.0f examples/s", epoch, epochs, row["train_loss"],
-                     "RMSE" if data.regression else "accuracy", "-" if score is None else f"{score:.4f}",
-                     row["images_per_s"])
+                     headline_label, "-" if score is None else f"{score:.4f}", row["images_per_s"])
 
     if result is None:  # resumed from a finished run: the last epoch's evaluation, reproduced
         test_metrics, result = evaluate(model, guide, data, cfg, epochs)

@@ -210,6 +210,11 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
         key = _key(name)
         return self._modules["locs"][key], self._modules["rhos"][key]
 
+    def latent_params(self, name: str) -> Tuple[nn.Parameter, nn.Parameter]:
+        """``(loc, rho)`` of a dense latent, in unconstrained space (``scale = softplus(rho)``)."""
+        key = _key(name)
+        return self._modules["latent_locs"][key], self._modules["latent_rhos"][key]
+
     def loc_parameters(self) -> list:
         """Every weight site's ``loc`` and every dense latent's (the paper puts weight decay on means)."""
         return list(self._modules["locs"].parameters()) + list(self._modules["latent_locs"].parameters())
@@ -265,10 +270,8 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
         """q of one site: ``MaskedNormal`` (weight sites) or the transformed Normal (dense latents),
         with the site's event dimensions (dense latents at their full plate size)."""
         if name in self._latents:
-            key = _key(name)
-            return self._latents[name].distribution(
-                self._modules["latent_locs"][key], F.softplus(self._modules["latent_rhos"][key])
-            )
+            loc, rho = self.latent_params(name)
+            return self._latents[name].distribution(loc, F.softplus(rho))
         q = self._masked_normal(name)
         event_dim = self._sites[name].event_dim
         return q.to_event(event_dim) if event_dim else q
@@ -348,8 +351,7 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
         transformed unconstrained mean for dense latents."""
         result = {name: self.moments(name)[0].clone() for name in self._sites}
         for name, info in self._latents.items():
-            loc = self._modules["latent_locs"][_key(name)]
-            result[name] = info.transform(loc).clone()
+            result[name] = info.transform(self.latent_params(name)[0]).clone()
         return result
 
     @torch.no_grad()
@@ -361,8 +363,7 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
                 loc, rho = self.site_params(name)
                 mask = self.site_mask(name)
             else:
-                key = _key(name)
-                loc, rho, mask = self._modules["latent_locs"][key], self._modules["latent_rhos"][key], None
+                (loc, rho), mask = self.latent_params(name), None
             q = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
             z = Normal(0.0, 1.0).icdf(q).reshape((-1,) + (1,) * loc.dim())
             values = loc + F.softplus(rho) * z

@@ -41,8 +41,7 @@ class ParamStorePersistence:
     """Param store registration, loading checks and pickling for MaskedAutoNormal.
 
     Expects ``self._store`` (a :class:`~pyro_ssvi.params.StoreEntries`), ``self._sites``,
-    ``self._latents``, ``self.sparsity``, ``site_params``, ``site_mask`` and the ParameterDicts
-    ``latent_locs`` / ``latent_rhos``.
+    ``self._latents``, ``self.sparsity``, ``site_params``, ``site_mask`` and ``latent_params``.
     """
 
     _store: StoreEntries
@@ -65,10 +64,10 @@ class ParamStorePersistence:
                 self._store.add(f"scales.{name}", rho, constraints.softplus_positive),
             )
         for name in self._latents:
-            key = site_key(name)
+            loc, rho = self.latent_params(name)
             self._names[name] = (
-                self._store.add(f"locs.{name}", self._modules["latent_locs"][key]),
-                self._store.add(f"scales.{name}", self._modules["latent_rhos"][key], constraints.softplus_positive),
+                self._store.add(f"locs.{name}", loc),
+                self._store.add(f"scales.{name}", rho, constraints.softplus_positive),
             )
         self._after_adoption()
 

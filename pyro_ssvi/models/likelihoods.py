@@ -42,6 +42,11 @@ class Likelihood:
     def check_targets(self, y: Tensor, batch: int) -> None:
         """A clear error for targets of the wrong kind (cheap: no device synchronization)."""
 
+    def example_targets(self, batch: int, device) -> Tensor:
+        """Zero targets ``[batch]`` of the kind :meth:`check_targets` takes (float here): with
+        them a guide's set-up call sees ``"obs"`` observed, as in training."""
+        return torch.zeros(batch, device=device)
+
     def latents(self, output: Tensor) -> dict:
         """Global latent sites of the likelihood (sampled before the data plate), by name."""
         return {}
@@ -59,6 +64,9 @@ class Likelihood:
 
 
 class _Classes(Likelihood):
+    def example_targets(self, batch: int, device) -> Tensor:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+
     def check_targets(self, y: Tensor, batch: int) -> None:
         if not torch.is_tensor(y) or y.dtype.is_floating_point or y.dtype == torch.bool:
             raise SSVIConfigError(

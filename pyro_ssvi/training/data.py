@@ -119,8 +119,9 @@ def prepare_data(cfg: DictConfig, device: torch.device) -> RunData:
     else:
         info = DataInfo(train.image_shape, train.num_classes, len(train))
         channels_last = bool(cfg.train.channels_last) and len(info.input_shape) == 3
-        if channels_last and channels_last_problem(device):
-            log.warning("train.channels_last=true is ignored: %s", channels_last_problem(device))
+        problem = channels_last_problem(device) if channels_last else None
+        if problem:
+            log.warning("train.channels_last=true is ignored: %s", problem)
             channels_last = False
         loader = DeviceLoader(train, batch, device=device, shuffle=True, augment=bool(cfg.data.augment),
                               pad=int(cfg.data.pad), generator=seed, channels_last=channels_last)

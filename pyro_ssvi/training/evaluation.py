@@ -105,7 +105,7 @@ def training_flops(model, guide, svi, cfg: DictConfig, info: DataInfo, num_steps
 
 def _task_rows(final: Mapping[str, Any], cfg: DictConfig) -> list:
     if "rmse" in final:  # a regression, in the target's units
-        return [
+        rows = [
             ("RMSE / MAE (%d draws)" % cfg.eval.num_samples, f"{final['rmse']:.4f} / {final['mae']:.4f}"),
             ("NLL (nats)", f"{final['nll']:.4f}"),
             ("coverage of 50 / 90 / 95% intervals",
@@ -113,8 +113,10 @@ def _task_rows(final: Mapping[str, Any], cfg: DictConfig) -> list:
             ("mean width of the 90% interval", f"{final['width_90']:.4f}"),
             ("quantile calibration error", f"{final['quantile_calibration_error']:.4f}"),
             ("CRPS", f"{final['crps']:.4f}"),
-            *[("noise sigma (posterior median)", f"{final['noise_sigma']:.4f}") for _ in [0] if "noise_sigma" in final],
         ]
+        if "noise_sigma" in final:
+            rows.append(("noise sigma (posterior median)", f"{final['noise_sigma']:.4f}"))
+        return rows
     return [
         ("accuracy (%d draws)" % cfg.eval.num_samples, f"{final['accuracy']:.4f}"),
         ("NLL (nats)", f"{final['nll']:.4f}"),
@@ -127,12 +129,12 @@ def _task_rows(final: Mapping[str, Any], cfg: DictConfig) -> list:
 
 def summary_table(final: Mapping[str, Any], cfg: DictConfig) -> str:
     """The run's final numbers, one per line, for the console and train.log."""
-    rows = [
-        *_task_rows(final, cfg),
-        ("active sigmas moved > 10% (learned?)", f"{100 * final['posterior_sigma_moved']:.1f}% "
-                                                 f"({'yes' if final['posterior_learned'] else 'NO'})"),
-        *[(f"mean MI, test / {cfg.eval.ood}", f"{final['mean_mi_test']:.4f} / {final['mean_mi_ood']:.4f}")
-          for _ in [0] if "mean_mi_ood" in final],
+    rows = _task_rows(final, cfg)
+    rows.append(("active sigmas moved > 10% (learned?)", f"{100 * final['posterior_sigma_moved']:.1f}% "
+                                                         f"({'yes' if final['posterior_learned'] else 'NO'})"))
+    if "mean_mi_ood" in final:
+        rows.append((f"mean MI, test / {cfg.eval.ood}", f"{final['mean_mi_test']:.4f} / {final['mean_mi_ood']:.4f}"))
+    rows += [
         ("density", f"{final['density']:.4f}"),
         ("training FLOPs / dense VI", f"{final['training_flops_relative']:.3f} theoretical, "
                                       f"{final['training_flops_relative_executed']:.3f} executed"),

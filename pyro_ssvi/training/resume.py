@@ -10,12 +10,12 @@ the run is at, so an extended run differs from one planned that long from the st
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from .. import checkpoint
-from ..config import compose, validate
+from ..config import compose, flat_values, validate
 from ..errors import SSVICheckpointError, SSVIConfigError
 
 __all__ = ["RESUMABLE", "RESUME_KEYS", "RUNTIME", "resume_config", "touched_keys"]
@@ -28,15 +28,6 @@ RESUMABLE = RUNTIME + ("train.epochs", "train.loss_sync", "eval.", "checkpoint.e
 RESUME_KEYS = ("optimizer", "scheduler", "svi", "loader", "rng")
 
 
-def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix[:-1]: node}
-    out: Dict[str, Any] = {}
-    for key, value in node.items():
-        out.update(_flatten(value, f"{prefix}{key}."))
-    return out
-
-
 def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -45,16 +36,16 @@ def touched_keys(cfg: DictConfig, overrides: Optional[Sequence[str]]) -> Iterabl
     """The dotted keys that the command line set: each override's own key plus every key its
     composition changes (a group override such as ``model=resnet18`` changes many). Without
     ``overrides`` (``run(cfg)`` from Python), the keys where ``cfg`` differs from the defaults."""
-    defaults = _flatten(OmegaConf.to_container(compose()))
+    defaults = flat_values(OmegaConf.to_container(compose()))
     if overrides is None:
-        current = _flatten(OmegaConf.to_container(cfg))
+        current = flat_values(OmegaConf.to_container(cfg))
         return {k for k, v in current.items() if defaults.get(k, object()) != v}
     touched = set()
     for override in overrides:
         key = _override_key(override)
         touched.add(key)
         try:
-            changed = _flatten(OmegaConf.to_container(compose([override])))
+            changed = flat_values(OmegaConf.to_container(compose([override])))
         except Exception:  # e.g. a key only valid beside another override: its own key suffices
             continue
         touched.update(k for k, v in changed.items() if defaults.get(k, object()) != v)
@@ -83,7 +74,7 @@ def resume_config(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) ->
     # The stored config wins; keys added to pyro_ssvi after the checkpoint was written take this
     # run's values (its defaults or overrides), so older checkpoints stay resumable.
     stored = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg)), OmegaConf.create(state["config"]))
-    flat_stored, flat_cfg = _flatten(OmegaConf.to_container(stored)), _flatten(OmegaConf.to_container(cfg))
+    flat_stored, flat_cfg = flat_values(OmegaConf.to_container(stored)), flat_values(OmegaConf.to_container(cfg))
     changes = {k: flat_cfg[k] for k in touched_keys(cfg, overrides) if k in flat_cfg and flat_cfg[k] != flat_stored.get(k)}
     # A group choice (model=..., data=...) changes many keys: name its `.name` first, as the cause.
     refused = sorted((k for k in changes if not _resumable(k)), key=lambda k: (not k.endswith(".name"), k))
