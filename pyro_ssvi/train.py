@@ -6,8 +6,8 @@ entry point around it. Everything that can be checked before training is checked
 config, the data, the OOD set, the run directory); only then is the run directory claimed
 (:mod:`pyro_ssvi.training.rundir`: no run ever replaces another's results) and filled with
 ``config.yaml`` (resolved), ``overrides.yaml``, ``train.log``, ``metrics.jsonl`` (one row per
-epoch), ``metrics.json`` (final metrics and the config), the checkpoint and plots. Every file is
-written atomically.
+epoch), ``metrics.json`` (final metrics and the config), the checkpoint (and ``best.pt``, the
+best-validation epoch, with ``data.val_size``) and plots. Every file is written atomically.
 
 >>> from pyro_ssvi.config import compose
 >>> final = run(compose(["train.epochs=2", "output_dir=/tmp/run", "progress=false"]))  # doctest: +SKIP
