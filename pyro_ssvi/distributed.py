@@ -152,12 +152,16 @@ class DistributedSync:
         try:
             return fn(*args, group=self.group, **kwargs)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SSVIDistributedError(
-                f"rank {self.rank} of {self.world_size}: {what} failed ({first}). Another rank has most likely "
-                "died, raised an error or stopped (see its own output); this rank stops too. Restart all ranks, "
-                "from the last checkpoint if there is one."
-            ) from exc
+            raise self.failure(what, exc) from exc
+
+    def failure(self, what: str, exc: BaseException) -> SSVIDistributedError:
+        """The error for a collective that failed with ``exc``."""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return SSVIDistributedError(
+            f"rank {self.rank} of {self.world_size}: {what} failed ({first}). Another rank has most likely "
+            "died, raised an error or stopped (see its own output); this rank stops too. Restart all ranks, "
+            "from the last checkpoint if there is one."
+        )
 
     # ------------------------------------------------------------------ set-up
     def prepare(self, model, guide, args: Sequence = (), kwargs: Optional[dict] = None) -> None:
