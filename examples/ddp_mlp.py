@@ -51,10 +51,11 @@ for epoch in range(epochs):
     if rank == 0 and epoch % 10 == 9:
         print(f"epoch {epoch + 1}: loss {sum(losses) / len(losses):.3f}")
 
+if dist.is_initialized():  # done with each other: meet, then leave together (no rank talks to a closed one)
+    dist.barrier()
+    dist.destroy_process_group()
 if rank == 0:  # every rank holds the same posterior: one evaluates and writes
     result = predict(model, guide, x_test.to(device), num_samples=5)
     metrics = classification_metrics(result.probs.cpu(), y_test)
     print(f"{world} process(es): accuracy {metrics['accuracy']:.3f}, NLL {metrics['nll']:.3f}, "
           f"density {guide.density():.2f}, updates {len(svi.surgery_log)}")
-if dist.is_initialized():
-    dist.destroy_process_group()

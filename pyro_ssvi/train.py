@@ -107,12 +107,15 @@ def run(cfg: Union[DictConfig, Mapping[str, Any]], overrides: Optional[Sequence[
     if device.type == "cpu" and cfg.cpu_threads is not None:
         torch.set_num_threads(int(cfg.cpu_threads))
     ranks, device = Ranks.start(cfg, device)  # under torchrun: joins the process group
+    finished = False
     try:
         if resume_state is not None:
             ranks.check_resume(resume_state, cfg.resume)
-        return _train(cfg, resume_state, device, overrides or [], ranks)
+        final = _train(cfg, resume_state, device, overrides or [], ranks)
+        finished = True
+        return final
     finally:
-        ranks.close()
+        ranks.close(finished)  # (already closed after training, unless it failed)
         torch.set_num_threads(threads)
 
 
@@ -285,6 +288,7 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             log.info("epoch %d/%d: loss %.4f, test %s %s%s, %.0f examples/s", epoch, epochs, row["train_loss"],
                      headline_label, "-" if score is None else f"{score:.4f}", val, row["images_per_s"])
 
+    run.ranks.close()  # all ranks are done with each other; rank 0 evaluates and writes alone
     if not main:
         return {}, ""
     if result is None:  # resumed from a finished run: the last epoch's evaluation, reproduced

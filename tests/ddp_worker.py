@@ -9,7 +9,9 @@ Scenarios: ``sgd_lrt`` (torch SGD with momentum, LRT without noise, ``grad_mean`
 ranks start from different seeds, so rank 0's broadcast state is what makes them equal),
 ``adam_draws`` (pyro.optim.Adam, sampled weights and Monte Carlo KL, ``grad`` addition from the
 shared-seed draws; all ranks seeded alike, so their ordinary draws match the reference's too),
-``die`` (rank 1 kills itself at step 20) and ``corrupt`` (rank 1 flips a mask entry at step 30).
+``die`` (rank 1 kills itself at step 20), ``stall`` (rank 1 sleeps at step 20, longer than the
+process group's timeout), ``corrupt`` (rank 1 flips a mask entry at step 30) and ``bn`` (a model
+with BatchNorm, 12 steps: each step must start from rank 0's running statistics).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from datetime import timedelta
 
 import pyro
 import torch
 import torch.distributed as dist
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
 from torch.utils.data import DistributedSampler
 
 from pyro_ssvi import SSVI, MaskedAutoNormal, models
@@ -54,7 +58,11 @@ def train(scenario: str, rank: int, world_size: int, sync: DistributedSync) -> d
     x, y = data()
     sampler = DistributedSampler(range(N), num_replicas=world_size, rank=rank, shuffle=True, seed=5)
     local = GLOBAL_BATCH // world_size
-    model = models.mlp([FEATURES, 16, CLASSES], prior_scale=1.0, num_data=N)
+    if scenario == "bn":
+        net = nn.Sequential(nn.Linear(FEATURES, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, CLASSES))
+        model = models.bayesianize(net, num_data=N)
+    else:
+        model = models.mlp([FEATURES, 16, CLASSES], prior_scale=1.0, num_data=N)
     guide = MaskedAutoNormal(model, sparsity=0.6)
     guide(x[:local], y[:local])
     common = dict(num_steps=STEPS, update_interval=UPDATE_INTERVAL, drop_fraction=0.3, num_data=N, distributed=sync)
@@ -65,28 +73,38 @@ def train(scenario: str, rank: int, world_size: int, sync: DistributedSync) -> d
         optim = torch.optim.SGD(params, lr=0.05, momentum=0.9)
         svi = SSVI(model, guide, optim, TraceMeanField_ELBO(), addition="grad_mean", **common)
     masks_after, losses = [], []
-    step, epoch = 0, 0
+    step, epoch, steps = 0, 0, 12 if scenario == "bn" else STEPS
+    # sgd_lrt steps without waiting for the loss (step_async): the averaged loss stays on the device.
+    step_fn = svi.step_async if scenario == "sgd_lrt" else svi.step
     with lrt_noise(False), pyro.validation_enabled(False):
-        while step < STEPS:
+        while step < steps:
             sampler.set_epoch(epoch)
             order = torch.tensor(list(sampler))
             for i in range(len(order) // local):
-                if step == STEPS:
+                if step == steps:
                     break
                 if scenario == "die" and rank == 1 and step == 20:
                     os.kill(os.getpid(), signal.SIGKILL)
+                if scenario == "stall" and rank == 1 and step == 20:
+                    time.sleep(120)
                 if scenario == "corrupt" and rank == 1 and step == 30:
                     mask = guide.masks["1.weight"]
                     with torch.no_grad():
                         mask.view(-1)[0] = ~mask.view(-1)[0]
                 idx = order[i * local:(i + 1) * local]
                 before = len(svi.surgery_log)
-                losses.append(svi.step(x[idx], y[idx]))
+                losses.append(float(step_fn(x[idx], y[idx])))
                 if len(svi.surgery_log) > before:
                     masks_after.append({k: m.clone() for k, m in guide.masks.items()})
                 step += 1
             epoch += 1
+    buffers = {}
+    if scenario == "bn":
+        buffers["own"] = {k: v.clone() for k, v in model.named_buffers()}
+        sync.before_step(model)  # what the next step would start from
+        buffers["next"] = {k: v.clone() for k, v in model.named_buffers()}
     return {
+        "buffers": buffers,
         "guide": {k: v.detach().clone() for k, v in guide.state_dict().items()},
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "masks_after": masks_after,
@@ -98,12 +116,12 @@ def train(scenario: str, rank: int, world_size: int, sync: DistributedSync) -> d
 def main(scenario: str, out: str) -> None:
     torch.set_num_threads(1)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group("gloo", timeout=timedelta(seconds=30))
-    try:
-        result = train(scenario, rank, world_size, DistributedSync())
-        torch.save(result, out)
-    finally:
-        dist.destroy_process_group()
+    # The stall scenario waits for the timeout: keep it short there.
+    dist.init_process_group("gloo", timeout=timedelta(seconds=5 if scenario == "stall" else 30))
+    result = train(scenario, rank, world_size, DistributedSync())
+    torch.save(result, out)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -108,6 +108,38 @@ def test_killed_rank_stops_the_others(tmp_path):
 
 
 @pytest.mark.slow
+def test_stalled_rank_stops_the_others_after_the_timeout(tmp_path):
+    port_procs = []
+    start = time.monotonic()
+    port = _free_port()
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        port_procs.append(subprocess.Popen([sys.executable, str(WORKER), "stall", str(tmp_path / f"r{rank}.pt")],
+                                           env=env, stderr=subprocess.PIPE, text=True))
+    try:
+        _, err = port_procs[0].communicate(timeout=90)  # rank 1 sleeps 120 s; the timeout is 5 s
+        elapsed = time.monotonic() - start
+    finally:
+        port_procs[1].kill()
+        port_procs[1].communicate()
+    assert port_procs[0].returncode != 0 and "SSVIDistributedError" in err, err[-2000:]
+    assert elapsed < 60
+
+
+@pytest.mark.slow
+def test_batchnorm_statistics_come_from_rank_0(tmp_path):
+    results, procs, logs, _ = _launch("bn", tmp_path)
+    for p, (out, err) in zip(procs, logs):
+        assert p.returncode == 0, err[-3000:]
+    own0, own1 = results[0]["buffers"]["own"], results[1]["buffers"]["own"]
+    assert not torch.equal(own0["net.1.running_mean"], own1["net.1.running_mean"])  # each rank's own batch ...
+    for r in results:  # ... but every step starts from rank 0's
+        for k, v in r["buffers"]["next"].items():
+            assert torch.equal(v, own0[k])
+
+
+@pytest.mark.slow
 def test_diverged_masks_raise_on_every_rank(tmp_path):
     results, procs, logs, _ = _launch("corrupt", tmp_path)
     for p, (out, err) in zip(procs, logs):

@@ -96,9 +96,20 @@ class Ranks:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def close(self) -> None:
-        if self.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group (idempotent). ``finished``: every rank got here (training is
+        over): meet at a barrier first, so that no rank tears its connections down while another
+        still talks. After a failure the group is left as it is: destroying it while another rank
+        waits in a collective can hang, and the process is about to exit anyway."""
+        if not (self.distributed and dist.is_initialized()):
+            return
+        if not finished:
+            return
+        try:
+            dist.barrier()
+        except RuntimeError as exc:
+            raise self.sync.failure("the final barrier", exc) from exc
+        dist.destroy_process_group()
 
     # ------------------------------------------------------------------ data
     def local_batch(self, global_batch: int) -> int:
