@@ -122,6 +122,13 @@ def main(scenario: str, out: str) -> None:
     torch.save(result, out)
     dist.barrier()
     dist.destroy_process_group()
+    # Under load, about one run in 20-50 aborted here, after everything above had succeeded, while
+    # the interpreter shut down ("terminate called without an active exception" from a C++ thread,
+    # SIGABRT; not reproducible in isolation). What the tests check is done: leave without
+    # finalization so that the exit status reflects the training alone.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -185,3 +185,18 @@ def test_mask_fingerprints_tell_masks_apart():
     f, g = mask_fingerprints({"w": m}), mask_fingerprints({"w": other})
     assert f.shape == (1, 3) and f[0, 0] == 3 and f[0, 1] == 19
     assert f[0, 1] == g[0, 1] and not torch.equal(f, g)
+
+
+def test_a_model_wrapped_in_ddp_is_refused(tmp_path):
+    import torch.distributed as dist
+    from pyro_ssvi import MaskedAutoNormal, models
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = models.mlp([4, 8, 3])
+        guide = MaskedAutoNormal(model, sparsity=0.5)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        with pytest.raises(SSVIConfigError, match="not DistributedDataParallel"):
+            DistributedSync().prepare(ddp, guide)
+    finally:
+        dist.destroy_process_group()
