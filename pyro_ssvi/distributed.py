@@ -140,6 +140,7 @@ class DistributedSync:
         self.buffers = buffers
         self.check_masks_enabled = bool(check_masks)
         self.prepared = False
+        self._comm_device: Optional[torch.device] = None
 
     @property
     def enabled(self) -> bool:
@@ -216,10 +217,10 @@ class DistributedSync:
         """Broadcast from rank 0 in place, one flat buffer per (device, dtype); bool via uint8."""
         for group in _by_kind(tensors):
             dtype = torch.uint8 if group[0].dtype == torch.bool else group[0].dtype
-            flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in group])
+            flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in group]).to(self._device())
             self._collective(what, dist.broadcast, flat, src=_global_rank(self.group, 0))
             for t, part in zip(group, flat.split([t.numel() for t in group])):
-                t.copy_(part.view_as(t))
+                t.copy_(part.view_as(t))  # (copy_ converts device and dtype back)
 
     def _check_equal(self, what: str, value: int, advice: str) -> None:
         """Raise on every rank if the int ``value`` differs between ranks (one all-gather)."""
@@ -235,10 +236,12 @@ class DistributedSync:
                                        f"from rank 0); {advice}")
 
     def _device(self) -> torch.device:
-        # NCCL collectives need CUDA tensors; gloo takes CPU ones.
-        if self.active and dist.get_backend(self.group) == "nccl":
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
+        # NCCL collectives need CUDA tensors (on this process's GPU: torch.cuda.set_device before
+        # the first collective); gloo is given CPU ones.
+        if self._comm_device is None:
+            nccl = self.active and dist.get_backend(self.group) == "nccl"
+            self._comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        return self._comm_device
 
     # ------------------------------------------------------------------ every step
     def before_step(self, model) -> None:
@@ -268,7 +271,8 @@ class DistributedSync:
         if not self.enabled or not tensors:
             return
         for group in _by_kind(tensors):
-            flat = torch.cat([t.reshape(-1) for t in group]).div_(self.world_size)
+            # On the backend's device (a no-op when the tensors are there already, as in training).
+            flat = torch.cat([t.reshape(-1) for t in group]).div_(self.world_size).to(self._device())
             self._collective(what, dist.all_reduce, flat)
             for t, part in zip(group, flat.split([t.numel() for t in group])):
                 t.copy_(part.view_as(t))
