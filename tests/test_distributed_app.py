@@ -111,3 +111,15 @@ def test_torchrun_writes_once_and_resumes_bit_identically(tmp_path):
                          timeout=120)
     assert one.returncode == 2 and "written by 2 process(es) and this run has 1" in one.stderr
     assert not (tmp_path / "single").exists()
+
+
+@pytest.mark.slow
+def test_the_user_loop_example_runs_under_torchrun():
+    example = Path(__file__).parents[1] / "examples" / "ddp_mlp.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={_free_port()}", str(example)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(ln for ln in done.stdout.splitlines() if "process(es)" in ln)
+    assert line.startswith("2 process(es)") and float(line.split("accuracy ")[1].split(",")[0]) > 0.9
