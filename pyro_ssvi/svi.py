@@ -161,18 +161,18 @@ class SSVI(SVI):
         # A plain nn.Module model announces its parameters (names for pyro.optim's state).
         model, self._model_store = with_point_estimates(model)
         # One messenger instance each, reused every step; model and guide run one after the other.
-        self._beta = ScaleLatentsMessenger(1.0)
-        normalize = poutine.scale(scale=1.0 / num_data) if num_data else (lambda fn: fn)
+        # beta on the latents and 1/N on everything (the per-datapoint loss), in one messenger.
+        self._beta = ScaleLatentsMessenger(1.0, scale=1.0 / num_data if num_data else 1.0)
         self._lrt = LRTMessenger(sparse_guide)
-        self._model_sampled = normalize(self._beta(MaskPriorMessenger(sparse_guide)(model)))
-        self._model_lrt = normalize(self._beta(MaskPriorMessenger(sparse_guide)(self._lrt(model))))
-        self._guide = normalize(self._beta(guide))
+        self._model_sampled = self._beta(MaskPriorMessenger(sparse_guide)(model))
+        self._model_lrt = self._beta(MaskPriorMessenger(sparse_guide)(self._lrt(model)))
+        self._guide = self._beta(guide)
         # Under LRT with a closed-form KL nothing should read a weight draw except the LRT ops,
         # which use q's moments: the draws are skipped, and a site whose stand-in gets used
         # anyway is drawn from then on (handlers.skip_draws). Part of state_dict().
         self._needs_draws: Set[str] = set()
         self._skip = SkipDrawsMessenger(sparse_guide, self._needs_draws) if (lean and lrt) else None
-        self._guide_lrt = normalize(self._beta(self._skip(guide))) if self._skip else self._guide
+        self._guide_lrt = self._beta(self._skip(guide)) if self._skip else self._guide
         # step_async: (all losses finite so far, first unchecked step), on the device.
         self._unchecked: Optional[Tuple[Tensor, int]] = None
 
