@@ -21,6 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .criteria import ADDITION_CRITERIA, REMOVAL_CRITERIA
+from .surgery_step import ADDITION_WINDOWS
+from .variant import get_variant
 from .data import DATASETS, TABLES
 from .ood import OOD_SETS
 from .errors import SSVIConfigError
@@ -222,6 +224,28 @@ def _number(cfg: DictConfig, key: str, *, low: float, high: float = float("inf")
         raise SSVIConfigError(f"{key}={value!r} is not allowed; expected {what} in {lo}, {hi}{extra}")
 
 
+def _check_addition_and_variant(cfg: DictConfig) -> None:
+    """``method.addition_samples``, ``addition_window`` and ``variant``; configs written before
+    they existed lack them (the defaults apply)."""
+    method = cfg.method
+    if "addition_samples" in method:
+        _number(cfg, "method.addition_samples", low=1, integer=True)
+    if "addition_window" in method:
+        _choice(cfg, "method.addition_window", ADDITION_WINDOWS)
+        if method.addition_window == "recent" and method.get("addition_samples", 4) > method.update_interval:
+            raise SSVIConfigError(
+                f"method.addition_window=recent averages over the method.addition_samples="
+                f"{method.get('addition_samples', 4)} most recent minibatches before an update, which must be <= "
+                f"method.update_interval={method.update_interval}"
+            )
+    if "variant" in method:
+        variant = method.variant
+        try:
+            get_variant(OmegaConf.to_container(variant) if OmegaConf.is_config(variant) else variant)
+        except SSVIConfigError as exc:
+            raise SSVIConfigError(f"method.variant={variant!r}: {exc}") from None
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`SSVIConfigError` naming the first bad key and its allowed values.
 
@@ -265,6 +289,7 @@ def validate(cfg: DictConfig) -> None:
             f"{cfg.method.removal!r}: set method.removal_lambda=null or pick an exp criterion"
         )
     _choice(cfg, "method.addition", ADDITION_CRITERIA)
+    _check_addition_and_variant(cfg)
     sigma_init = _get(cfg, "method.sigma_init")
     if sigma_init != "mean":
         _number(cfg, "method.sigma_init", low=0, low_open=True)
