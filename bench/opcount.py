@@ -10,8 +10,8 @@ they are counted here on CPU, at any width (a count does not depend on the layer
 - ``python_calls``: calls made by Python code, to Python functions and to C functions
   (``sys.setprofile`` "call" and "c_call" events; ``python_function_calls``: the former only);
 - ``syncs``: operators that make the host wait for a CUDA device: reading a value
-  (``_local_scalar_dense``: ``.item()``, ``bool()``, ``float()``), data-dependent output shapes
-  (``nonzero``, ``masked_select``, boolean indexing, ``unique``, ...).
+  (``_local_scalar_dense``: ``.item()``, ``bool()``, ``float()``; ``tolist``, ``numpy``),
+  data-dependent output shapes (``nonzero``, ``masked_select``, boolean indexing, ``unique``, ...).
 
 Configurations: (a) SSVI ``step_async`` at 90% sparsity, (b) dense VI through the same path,
 (c) deterministic ResNet-18, (d) plain-PyTorch LRT (bench/plain_lrt.py), (s) an SSVI surgery
@@ -32,6 +32,7 @@ import sys
 from typing import Callable, Dict
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -71,6 +72,22 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class HostReadCounter(TorchFunctionMode):
+    """Counts whole-tensor reads to the host (``tolist``, ``numpy``), which a dispatch mode does
+    not see; on CUDA each is a device-to-host copy that waits for the device."""
+
+    READS = (torch.Tensor.tolist, torch.Tensor.numpy)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: collections.Counter = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.reads[func.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
 class PythonCallCounter:
     """Counts Python function calls (not C calls) inside the ``with`` block."""
 
@@ -94,7 +111,7 @@ class PythonCallCounter:
 
 def count_step(step: Callable[[], None]) -> Dict[str, object]:
     """Run ``step`` twice, once under each counter (counting ops doubles Python calls)."""
-    with OpCounter() as ops:
+    with OpCounter() as ops, HostReadCounter() as reads:
         step()
     with PythonCallCounter() as calls:
         step()
@@ -102,8 +119,8 @@ def count_step(step: Callable[[], None]) -> Dict[str, object]:
         "compute_ops": sum(ops.compute.values()),
         "python_calls": calls.calls + calls.c_calls,
         "python_function_calls": calls.calls,
-        "syncs": sum(ops.syncs.values()),
-        "sync_ops": dict(ops.syncs),
+        "syncs": sum(ops.syncs.values()) + sum(reads.reads.values()),
+        "sync_ops": dict(ops.syncs) | dict(reads.reads),
         "top_ops": dict(ops.compute.most_common(15)),
     }
 
