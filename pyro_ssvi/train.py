@@ -101,13 +101,16 @@ def run(cfg: Union[DictConfig, Mapping[str, Any]], overrides: Optional[Sequence[
     overrides = _hydra_overrides() if overrides is None else list(overrides)
     cfg, resume_state = resume_config(cfg, overrides)
     device = resolve_device(cfg.device)
-    threads = torch.get_num_threads()
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     if device.type == "cpu" and cfg.cpu_threads is not None:
         torch.set_num_threads(int(cfg.cpu_threads))
+    if device.type == "cuda":  # every step has the same shapes: let cuDNN pick its fastest kernels once
+        torch.backends.cudnn.benchmark = True
     try:
         return _train(cfg, resume_state, device, overrides or [])
     finally:
         torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, overrides: List[str]) -> Dict[str, Any]:
@@ -123,6 +126,8 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
         model = model.to(memory_format=torch.channels_last)
     guide = build_guide(cfg, model)
     setup_guide(guide, model, info.input_shape, device)
+    if data.channels_last:  # the guide's 4-D means and sigmas too, so LRT's convolutions get NHWC weights
+        guide.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model, guide)
     scheduler = build_scheduler(cfg, optimizer, num_steps)
     svi = build_svi(cfg, model, guide, optimizer, num_steps, info.num_data)
@@ -223,7 +228,10 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
                 run.scheduler.step()
                 n += 1
                 if not bar.disable and n % 10 == 0:
-                    postfix = {"loss": f"{float(loss_sum) / n:.4f}", "density": f"{guide.density():.3f}"}
+                    # Under step_async the running loss lives on the device and reading it would
+                    # stall the GPU's queue: the bar shows the last epoch's loss instead.
+                    shown = (history[-1]["train_loss"] if history else float("nan")) if lazy else loss_sum / n
+                    postfix = {"loss": f"{shown:.4f}", "density": f"{guide.density():.3f}"}
                     if last_score is not None:
                         postfix[headline_label] = last_score
                     bar.set_postfix(postfix)

@@ -43,6 +43,7 @@ class FlatLayout:
         self.indicator: Optional[Tensor] = None
         self.active: Optional[Tensor] = None
         self._seen: Tuple = ()
+        self.nhwc: Tuple[bool, ...] = (False,) * len(self.names)
         self._prior: Optional[tuple] = None
 
     def prior(self, priors: Dict[str, Tuple[Tensor, Tensor]]) -> "FlatPrior":
@@ -54,15 +55,30 @@ class FlatLayout:
         return self._prior[1]
 
     def split(self, flat: Tensor) -> List[Tensor]:
-        """Per-site views of a ``[D]`` tensor, in the sites' shapes."""
-        return [flat[o:o + n].view(s) for o, n, s in zip(self.offsets, self.numels, self.shapes)]
+        """Per-site views of a ``[D]`` tensor, in the sites' shapes (channels_last strides for
+        the sites whose masks are channels_last, so convolutions get the layout they expect)."""
+        views = []
+        for o, n, s, nhwc in zip(self.offsets, self.numels, self.shapes, self.nhwc):
+            part = flat[o:o + n]
+            views.append(part.view(s[0], s[2], s[3], s[1]).permute(0, 3, 1, 2) if nhwc else part.view(s))
+        return views
+
+    def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
+        """``[D]``: per-site tensors concatenated in the order :meth:`split` undoes (a view, not a
+        copy, for a site already in the layout's memory format)."""
+        return torch.cat([t.permute(0, 2, 3, 1).reshape(-1) if nhwc else t.reshape(-1)
+                          for t, nhwc in zip(tensors, self.nhwc)])
 
     def refresh(self, masks: Sequence[Tensor], dtype: torch.dtype) -> None:
         """Rebuild ``indicator`` and ``active`` if any mask was replaced or modified in place."""
         seen = tuple([(id(m), m._version) for m in masks]) + (dtype,)  # (a generator costs a call per item)
         if seen == self._seen and self.indicator is not None:
             return
-        flat_mask = torch.cat([m.reshape(-1) for m in masks])
+        # 4-D sites whose masks are channels_last (guide.to(memory_format=torch.channels_last))
+        # are laid out NHWC in the flat vectors.
+        self.nhwc = tuple([m.dim() == 4 and not m.is_contiguous() and m.is_contiguous(memory_format=torch.channels_last)
+                           for m in masks])
+        flat_mask = self.flatten(masks)
         self.indicator = flat_mask.to(dtype)
         self.active = torch.nonzero_static(flat_mask, size=self.total_active).squeeze(1)
         self._seen = seen
@@ -81,11 +97,8 @@ class FlatMoments:
     def __init__(self, layout: FlatLayout, locs: Sequence[Tensor], scales: Optional[Sequence[Tensor]] = None,
                  rhos: Optional[Sequence[Tensor]] = None) -> None:
         self.layout = layout
-        self.loc = torch.cat([t.reshape(-1) for t in locs])
-        if scales is None:
-            self.sigma = F.softplus(torch.cat([t.reshape(-1) for t in rhos]))
-        else:
-            self.sigma = torch.cat([t.reshape(-1) for t in scales])
+        self.loc = layout.flatten(locs)
+        self.sigma = F.softplus(layout.flatten(rhos)) if scales is None else layout.flatten(scales)
         indicator = layout.indicator
         self.mean = self.loc * indicator
         self.variance = self.sigma.square() * indicator
@@ -115,14 +128,11 @@ class FlatPrior:
     ``loc`` and ``inverse_variance`` ([A]) and ``constant`` (0-dim, ``0.5 sum(log s_p^2 - 1)``)."""
 
     def __init__(self, layout: FlatLayout, priors: Dict[str, Tuple[Tensor, Tensor]]) -> None:
-        locs, scales = [], []
-        for name, shape in zip(layout.names, layout.shapes):
-            loc, scale = priors[name]
-            locs.append(loc.expand(shape).reshape(-1))
-            scales.append(scale.expand(shape).reshape(-1))
+        locs = [priors[name][0].expand(shape) for name, shape in zip(layout.names, layout.shapes)]
+        scales = [priors[name][1].expand(shape) for name, shape in zip(layout.names, layout.shapes)]
         active = layout.active
-        self.loc = torch.cat(locs).index_select(0, active)
-        log_var = 2.0 * torch.cat(scales).index_select(0, active).log()
+        self.loc = layout.flatten(locs).index_select(0, active)
+        log_var = 2.0 * layout.flatten(scales).index_select(0, active).log()
         self.inverse_variance = torch.exp(-log_var)
         self.constant = 0.5 * (log_var - 1.0).sum()
 
