@@ -40,16 +40,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from report import write_json_atomic  # noqa: E402  (bench/ is not a package)
 from runners import RunOptions, deterministic_runner, plain_lrt_runner, ssvi_runner  # noqa: E402
 
+from pyro_ssvi.sync_check import SYNC_OPS  # noqa: E402
+
 __all__ = ["SYNC_OPS", "OpCounter", "count_step", "main"]
 
 aten = torch.ops.aten
-# Operators that read device memory on the host or whose output size depends on the data.
-SYNC_OPS = frozenset({
-    aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default,
-    aten.nonzero.default, aten.nonzero.out, aten.masked_select.default, aten.unique_dim.default,
-    aten._unique2.default, aten.unique_consecutive.default, aten.repeat_interleave.Tensor,
-    aten.allclose.default,
-})
 # Metadata-only operators that are not views by schema but launch no kernel.
 _FREE_OPS = frozenset({aten.detach.default, aten.lift_fresh.default, aten.alias.default,
                        aten._unsafe_view.default, aten.empty.memory_format, aten.empty_strided.default,

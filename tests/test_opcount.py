@@ -5,7 +5,8 @@ import sys
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from pyro_ssvi.sync_check import fail_on_sync
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 
@@ -36,15 +37,6 @@ def test_steady_state_step_has_no_sync_and_surgery_reads_the_loss_once(counts):
     assert counts["s"]["sync_ops"] == {"tolist": 1}
 
 
-class _FailOnSyncOrNewStorage(TorchDispatchMode):
-    """Raises on any op that would make the host wait for a CUDA device."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in opcount.SYNC_OPS:
-            raise AssertionError(f"{func} would synchronize with the device")
-        return func(*args, **(kwargs or {}))
-
-
 def test_steady_state_steps_are_sync_free_and_keep_their_storage():
     """What capturing the step in a CUDA graph needs: no sync, and every parameter, gradient,
     optimizer buffer and mask stays in the same memory from one step to the next."""
@@ -61,7 +53,7 @@ def test_steady_state_steps_are_sync_free_and_keep_their_storage():
         return [t.data_ptr() for t in tensors]
 
     before = storage()
-    with _FailOnSyncOrNewStorage():
+    with fail_on_sync():
         for _ in range(4):
             runner.step()
             assert storage() == before

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Union
+
 from pyro.poutine.messenger import Messenger
+from torch import Tensor
 
 __all__ = ["ScaleLatentsMessenger", "scale_latents"]
 
@@ -19,15 +22,24 @@ class ScaleLatentsMessenger(Messenger):
     because every messenger on the stack costs Python calls at every site of every step.
     """
 
-    def __init__(self, beta: float = 1.0, scale: float = 1.0) -> None:
+    def __init__(self, beta: Union[float, Tensor] = 1.0, scale: float = 1.0) -> None:
         super().__init__()
         self.beta = beta
         self.scale = scale
+        self._latent_factor: Union[float, Tensor] = scale * beta
+
+    def __enter__(self):
+        # Once per run: every latent site then carries the same factor object (SSVI's flat KL
+        # needs one common scale), and a tensor beta (CUDA graphs) is read by one kernel.
+        self._latent_factor = self.scale * self.beta
+        return super().__enter__()
 
     def _pyro_sample(self, msg) -> None:
-        factor = self.scale if msg["is_observed"] else self.scale * self.beta
-        if factor != 1.0:
-            msg["scale"] = msg["scale"] * factor
+        factor = self.scale if msg["is_observed"] else self._latent_factor
+        if isinstance(factor, float) and factor == 1.0:
+            return
+        current = msg["scale"]
+        msg["scale"] = factor if isinstance(current, float) and current == 1.0 else current * factor
 
 
 def scale_latents(fn=None, beta: float = 1.0, scale: float = 1.0):
