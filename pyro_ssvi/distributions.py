@@ -82,8 +82,9 @@ class MaskedNormal(Normal):
         return q
 
     def to_event(self, reinterpreted_batch_ndims=None):
-        ndims = len(self.batch_shape) if reinterpreted_batch_ndims is None else reinterpreted_batch_ndims
-        if self.active is not None and ndims == len(self.batch_shape):
+        dims = len(self._batch_shape)
+        ndims = dims if reinterpreted_batch_ndims is None else reinterpreted_batch_ndims
+        if self.active is not None and ndims == dims:
             return ActiveSubspace.of(self)
         return super().to_event(ndims)
 
@@ -167,8 +168,9 @@ class ActiveSubspace(Independent):
     def of(cls, base: MaskedNormal) -> "ActiveSubspace":
         """``Independent(base, base.dim())`` without ``__init__``'s checks (see MaskedNormal.from_moments)."""
         d = object.__new__(cls)
-        d.base_dist, d.reinterpreted_batch_ndims = base, len(base.batch_shape)
-        d._batch_shape, d._event_shape, d._validate_args = torch.Size(), base.batch_shape, False
+        shape = base._batch_shape
+        d.base_dist, d.reinterpreted_batch_ndims = base, len(shape)
+        d._batch_shape, d._event_shape, d._validate_args = torch.Size(), shape, False
         return d
 
 

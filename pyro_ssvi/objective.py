@@ -20,12 +20,13 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import kl_divergence
 
-from .distributions import SubspacePrior
+from .distributions import ActiveSubspace, SubspacePrior
 from .guides.flat import FlatMoments
 
 # Priors whose density is a Normal's (SubspacePrior only masks it at sparse draws): their KL to a
 # masked Normal is the closed form over the active entries.
 _NORMAL_LOG_PROBS = (Normal.log_prob, SubspacePrior.log_prob)
+_INDEPENDENT = (Independent, torch.distributions.Independent, ActiveSubspace)
 
 __all__ = ["mean_field_loss"]
 
@@ -76,20 +77,16 @@ def _flat_kl_sites(model_trace, guide_trace) -> Optional[Tuple[FlatMoments, floa
     for name, guide_site in guide_trace.nodes.items():
         if guide_site["type"] != "sample" or guide_site["is_observed"]:
             continue
-        q = guide_site["fn"]
-        base_q = q.base_dist if isinstance(q, Independent) else q
+        base_q, q_dims = _unwrap(guide_site["fn"])
         flat = getattr(base_q, "flat", None)
         if flat is None:
             continue
         site = model_trace.nodes.get(name)
         if site is None or site["is_observed"] or site["mask"] is not None or guide_site["mask"] is not None:
             return None
-        p = site["fn"]
-        base_p = p.base_dist if isinstance(p, Independent) else p
-        q_dims = q.reinterpreted_batch_ndims if isinstance(q, Independent) else 0
-        p_dims = p.reinterpreted_batch_ndims if isinstance(p, Independent) else 0
-        if (not isinstance(base_p, Normal) or type(base_p).log_prob not in _NORMAL_LOG_PROBS or q_dims != p_dims
-                or q_dims != base_q.loc.dim() or base_p.loc.requires_grad or base_p.scale.requires_grad):
+        base_p, p_dims = _unwrap(site["fn"])
+        if (type(base_p).log_prob not in _NORMAL_LOG_PROBS or q_dims != p_dims or q_dims != base_q.loc.dim()
+                or base_p.loc.requires_grad or base_p.scale.requires_grad):
             return None
         if moments is None:
             moments, scale = flat[0], guide_site["scale"]
@@ -106,3 +103,12 @@ def _same_scale(a, b) -> bool:
     # Floats compare by value; tensors (poutine.scale with a tensor) only by identity, since
     # comparing their values would wait for the device.
     return a is b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)
+
+
+def _unwrap(fn):
+    """``(base distribution, reinterpreted dims)`` of an ``Independent`` (or ``(fn, 0)``). By type,
+    not ``isinstance``: Pyro's distribution classes have an ABC metaclass, whose isinstance is a
+    Python call, and this runs at every site of every step."""
+    if type(fn) in _INDEPENDENT:
+        return fn.base_dist, fn.reinterpreted_batch_ndims
+    return fn, 0
