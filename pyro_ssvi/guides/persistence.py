@@ -10,6 +10,7 @@ copied.
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, Tuple
 
 import torch
@@ -22,6 +23,7 @@ from ..params import StoreEntries, strip_unconstrained_refs
 __all__ = ["ParamStorePersistence", "site_key"]
 
 
+@functools.lru_cache(maxsize=None)
 def site_key(name: str) -> str:
     """A site's key in the guide's ParameterDicts and buffers (which cannot contain ".")."""
     return name.replace(".", "__")
@@ -69,6 +71,7 @@ class ParamStorePersistence:
                 self._store.add(f"locs.{name}", loc),
                 self._store.add(f"scales.{name}", rho, constraints.softplus_positive),
             )
+        self._weight_names = tuple(self._names[n] + (info.event_dim,) for n, info in self._sites.items())
         self._after_adoption()
 
     def _sync_store(self) -> None:
