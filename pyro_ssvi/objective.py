@@ -41,7 +41,7 @@ def mean_field_loss(model, guide, *args, **kwargs) -> Tensor:
         moments, scale, priors = flat_sites
         elbo = elbo - moments.kl(priors) * scale
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or (flat_sites and name in priors):
+        if (flat_sites and name in priors) or site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["is_observed"]:
             log_p = site["fn"].log_prob(site["value"])
@@ -58,6 +58,8 @@ def mean_field_loss(model, guide, *args, **kwargs) -> Tensor:
             log_q = scale_and_mask(log_q, guide_site["scale"], guide_site["mask"]).sum()
             elbo = elbo + log_p - log_q
     for name, guide_site in guide_trace.nodes.items():
+        if flat_sites and name in priors:
+            continue
         if guide_site["type"] == "sample" and name not in model_trace.nodes and not site_is_subsample(guide_site):
             log_q = guide_site["fn"].log_prob(guide_site["value"])
             elbo = elbo - scale_and_mask(log_q, guide_site["scale"], guide_site["mask"]).sum()
@@ -77,10 +79,12 @@ def _flat_kl_sites(model_trace, guide_trace) -> Optional[Tuple[FlatMoments, floa
     for name, guide_site in guide_trace.nodes.items():
         if guide_site["type"] != "sample" or guide_site["is_observed"]:
             continue
-        base_q, q_dims = _unwrap(guide_site["fn"])
+        q = guide_site["fn"]
+        base_q = getattr(q, "base_dist", q)
         flat = getattr(base_q, "flat", None)
         if flat is None:
             continue
+        q_dims = q.reinterpreted_batch_ndims if type(q) in _INDEPENDENT else 0
         site = model_trace.nodes.get(name)
         if site is None or site["is_observed"] or site["mask"] is not None or guide_site["mask"] is not None:
             return None

@@ -174,7 +174,9 @@ class SSVI(SVI):
         self._beta = ScaleLatentsMessenger(1.0, scale=1.0 / num_data if num_data else 1.0)
         self._lrt = LRTMessenger(sparse_guide, self.variant.lrt_epsilon)
         self._model_sampled = self._beta(MaskPriorMessenger(sparse_guide)(model))
-        self._model_lrt = self._beta(MaskPriorMessenger(sparse_guide)(self._lrt(model)))
+        # The lean loss never scores a weight under its prior (closed-form KLs over the active
+        # entries, whatever the prior's class): no prior masking needed on its hot path.
+        self._model_lrt = self._beta(self._lrt(model) if lean else MaskPriorMessenger(sparse_guide)(self._lrt(model)))
         self._guide = self._beta(guide)
         # Under LRT with a closed-form KL nothing should read a weight draw except the LRT ops,
         # which use q's moments: the draws are skipped, and a site whose stand-in gets used

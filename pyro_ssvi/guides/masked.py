@@ -23,6 +23,7 @@ placeholder ``rho``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from contextlib import ExitStack
 from typing import Dict, Iterable, Optional, Sequence, Tuple
@@ -267,10 +268,11 @@ class MaskedAutoNormal(PosteriorSummaries, ParamStorePersistence, AutoGuide):
 
     def _active_getter(self, name: str):
         """A zero-argument function returning :meth:`site_active_index` (MaskedNormal asks only
-        when a registered KL needs the active entries), or None for a dense site."""
-        if not self._sites[name].sparse:
-            return None
-        return lambda: self.site_active_index(name)
+        when a registered KL needs the active entries), or None for a dense site; made once."""
+        getters = self.__dict__.setdefault("_active_getters", {})
+        if name not in getters:
+            getters[name] = functools.partial(self.site_active_index, name) if self._sites[name].sparse else None
+        return getters[name]
 
     def site_active_index(self, name: str) -> Optional[Tuple[Tensor, ...]]:
         """Per-dimension indices of a sparse site's active entries (None for a dense site).

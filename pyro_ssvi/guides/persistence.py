@@ -30,13 +30,14 @@ def site_key(name: str) -> str:
 
 
 class _MaskOf:
-    """``guide -> guide.site_mask(name)``: the store entry of a mask buffer, which ``.to()`` replaces."""
+    """``guide -> the site's mask buffer``: the store entry of a mask, which ``.to()`` replaces
+    (read from the buffer dict directly: this runs for every site at every step)."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        self.key = site_key(name)
 
     def __call__(self, guide) -> Tensor:
-        return guide.site_mask(self.name)
+        return guide._modules["mask_buffers"]._buffers[self.key]
 
 
 class ParamStorePersistence:
@@ -123,4 +124,5 @@ class ParamStorePersistence:
         strip_unconstrained_refs(self.parameters())
         state = super().__getstate__()
         state["_last_draws"] = {}
+        state.pop("_active_getters", None)  # bound to this object; remade on demand
         return state
