@@ -54,3 +54,24 @@ def test_drop_last_gives_every_step_one_batch_shape(tmp_path):
     shapes = {tuple(x.shape) for x, _ in data.loader}
     assert shapes == {(100, 1, 8, 8)} and len(data.loader) == len(data.train) // 100
     pyro.clear_param_store()
+
+
+def test_surgery_writes_channels_last_sites_like_contiguous_ones():
+    from pyro_ssvi.surgery import update_site
+
+    g = torch.Generator().manual_seed(0)
+    shape = (4, 3, 2, 2)
+    loc, rho = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    mask = torch.rand(shape, generator=g) < 0.5
+    removal, addition = torch.rand(shape, generator=g), torch.rand(shape, generator=g)
+    momentum = torch.randn(shape, generator=g)
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        tensors = [t.clone().contiguous(memory_format=fmt) for t in (loc, rho, mask, momentum)]
+        state = {"momentum_buffer": tensors[3]}
+        update_site(*tensors[:3], removal, addition, 3, "mean", lambda p: state if p is tensors[0] else None)
+        results.append(tensors)
+    assert results[1][0].is_contiguous(memory_format=torch.channels_last)
+    for plain, nhwc in zip(*results):  # (the regrown sigma is a mean: summed in another order)
+        torch.testing.assert_close(nhwc, plain, rtol=1e-6, atol=0)
+    assert int(results[0][2].sum()) == int(mask.sum())  # as many active entries as before
