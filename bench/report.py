@@ -8,12 +8,13 @@ from typing import Optional
 
 from pyro_ssvi.fileio import atomic_write
 
-# Row labels of the four configurations, in table order.
+# Row labels of the configurations, in table order.
 CONFIGS = {
     "ssvi": "(a) pyro_ssvi SSVI",
     "dense": "(b) pyro_ssvi dense VI",
     "det": "(c) deterministic ResNet-18",
     "plain": "(d) plain-PyTorch LRT",
+    "graph": "(e) SSVI, CUDA graph",
 }
 
 

@@ -80,10 +80,11 @@ class Runner:
         self.step_fn(x, y)
 
 
-def _autocast(opts: RunOptions):
+def _autocast(opts: RunOptions, cache: bool = True):
     if not opts.bf16:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=opts.device.type, dtype=torch.bfloat16)
+    # A CUDA graph must not keep autocast's cached weight casts across replays.
+    return torch.autocast(device_type=opts.device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def _check_layout(opts: RunOptions) -> None:
@@ -104,14 +105,17 @@ def _sgd(decay: List[Tensor], no_decay: List[Tensor]) -> torch.optim.SGD:
     return torch.optim.SGD([g for g in groups if g["params"]], lr=LR, momentum=MOMENTUM, foreach=True)
 
 
-def ssvi_runner(name: str, sparsity: float, batches, opts: RunOptions) -> Runner:
-    """pyro_ssvi SSVI at ``sparsity`` (a: 0.9, b: 0.0) on the library's ResNet-18."""
+def ssvi_runner(name: str, sparsity: float, batches, opts: RunOptions, cuda_graph: bool = False) -> Runner:
+    """pyro_ssvi SSVI at ``sparsity`` (a: 0.9, b: 0.0) on the library's ResNet-18; with
+    ``cuda_graph`` (e) its steady-state steps replay from a CUDA graph."""
     from pyro.infer import TraceMeanField_ELBO
 
     from pyro_ssvi import SSVI, MaskedAutoNormal, models
     from pyro_ssvi.guides import init_to_normal
 
     _check_layout(opts)
+    if cuda_graph and opts.device.type != "cuda":
+        raise UnsupportedOption("CUDA graphs need a CUDA device")
     if (opts.bf16 or opts.channels_last) and not opts.library_options:
         raise UnsupportedOption("pyro_ssvi has no bf16 / channels_last option yet (pass --library-options to force)")
     pyro.enable_validation(False)  # validation is for tests; it costs time every step
@@ -131,11 +135,16 @@ def ssvi_runner(name: str, sparsity: float, batches, opts: RunOptions) -> Runner
                update_interval=opts.surgery_interval, num_data=opts.num_data, lrt=True,
                kl_max=KL_WEIGHT, kl_warmup=0.0)
     cast = opts.bf16
+    if cuda_graph:
+        from pyro_ssvi.cuda_graph import GraphedSteps
+
+        advance = GraphedSteps(svi).step
+    else:
+        advance = svi.step_async  # no host sync inside the step; the timer synchronizes where it needs to
 
     def step(x: Tensor, y: Tensor) -> None:
-        with (_autocast(opts) if cast else contextlib.nullcontext()):
-            # step_async: no host sync inside the step; the timer synchronizes where it needs to.
-            svi.step_async(x, y)
+        with (_autocast(opts, cache=not cuda_graph) if cast else contextlib.nullcontext()):
+            advance(x, y)
 
     runner = Runner(name, step, _layout(batches, opts), lambda: svi.is_update_step())
     if opts.bf16 or opts.channels_last:

@@ -4,6 +4,7 @@ Configurations (all CIFAR ResNet-18 at the same width, batch and data):
 
     (a) ssvi    pyro_ssvi SSVI, --sparsity (default 90%), TraceMeanField_ELBO, foreach SGD
     (b) dense   pyro_ssvi dense VI (sparsity 0) through the same code path
+    (e) graph   (a) with its steady-state step replayed from a CUDA graph (CUDA only)
     (c) det     deterministic ResNet-18 (nn.Conv2d)
     (d) plain   plain-PyTorch LRT ResNet-18 (bench/plain_lrt.py), masks at --sparsity
 
@@ -274,7 +275,7 @@ def ratios(results: Dict[str, dict], stat: str = "step") -> Dict[str, Optional[f
     """Median step-time ratios x/(d) for x in (a), (b), (c); ``stat="step_process_cpu"`` uses CPU time."""
     base = results.get("plain", {}).get(stat, {}).get("median_ms")
     out = {}
-    for key, name in (("ssvi", "a/d"), ("dense", "b/d"), ("det", "c/d")):
+    for key, name in (("ssvi", "a/d"), ("dense", "b/d"), ("det", "c/d"), ("graph", "e/d")):
         t = results.get(key, {}).get(stat, {}).get("median_ms")
         out[name] = t / base if (t and base) else None
     return out
@@ -342,6 +343,7 @@ def main(argv=None) -> dict:
     builders = {
         "ssvi": lambda: ssvi_runner("ssvi", args.sparsity, batches, opts),
         "dense": lambda: ssvi_runner("dense", 0.0, batches, opts),
+        "graph": lambda: ssvi_runner("graph", args.sparsity, batches, opts, cuda_graph=True),
         "det": lambda: deterministic_runner("det", batches, opts),
         "plain": lambda: plain_lrt_runner("plain", batches, opts),
     }

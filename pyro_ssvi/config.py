@@ -112,7 +112,8 @@ BEST_ON = ("val_nll", "val_accuracy")
 BEST_NAME = "best.pt"
 
 #: Keys that must be true or false (a string such as "maybe" would otherwise read as true).
-BOOLEAN_KEYS = ("progress", "overwrite", "train.channels_last", "method.lrt", "data.augment", "data.download")
+BOOLEAN_KEYS = ("progress", "overwrite", "train.channels_last", "train.drop_last", "train.cuda_graph", "method.lrt",
+                "data.augment", "data.download")
 #: Files of a run directory that a checkpoint must not be named after.
 RESERVED_NAMES = ("config.yaml", "overrides.yaml", "metrics.json", "metrics.jsonl", "train.log")
 

@@ -37,9 +37,14 @@ class MaskedNormal(Normal):
     :param indicator: optional ``mask`` as 0/1 in ``loc``'s dtype. Products with a bool tensor
         cost a conversion kernel forward and another backward; a guide that caches this tensor
         saves both on every step.
-    :param active: optional ``mask.nonzero(as_tuple=True)``: then ``to_event`` over all
-        dimensions gives an :class:`ActiveSubspace`, whose KL is computed on the active entries
-        only (a tenth of the work at 90% sparsity) instead of everywhere and then masked.
+    :param active: optional per-dimension indices of the active entries (as
+        ``mask.nonzero(as_tuple=True)``): then ``to_event`` over all dimensions gives an
+        :class:`ActiveSubspace`, whose KL is computed on the active entries only (a tenth of the
+        work at 90% sparsity) instead of everywhere and then masked.
+    :param mean: optional precomputed ``loc * indicator``; :param variance: optional
+        ``scale**2 * indicator`` (a guide computes them for all its sites at once).
+    :param flat: optional ``(FlatMoments, site name)``: this site's entries in a guide's flat
+        vectors, whose KL the lean objective computes for all sites at once.
 
     ``scored``, ``kl_used`` and ``prior_masked`` record how an ELBO used this distribution (its
     log-density was taken; a registered KL was; a :class:`SubspacePrior` masked the prior's
@@ -50,19 +55,37 @@ class MaskedNormal(Normal):
     scored = kl_used = prior_masked = False
 
     def __init__(
-        self, loc: Tensor, scale: Tensor, mask: Tensor, validate_args=None, *, indicator=None, active=None
+        self, loc: Tensor, scale: Tensor, mask: Tensor, validate_args=None, *, indicator=None, active=None,
+        mean: Optional[Tensor] = None, variance: Optional[Tensor] = None, flat=None,
     ):
         super().__init__(loc, scale, validate_args=validate_args)
+        if mean is not None:  # instance attributes take precedence over the lazy properties
+            self.mean, self.variance = mean, variance
+        self.flat = flat
         self.mask = mask.expand(self.batch_shape) if mask.shape != self.batch_shape else mask
         if indicator is None:
             indicator = self.mask.to(self.loc.dtype)
         self.indicator = indicator.expand(self.batch_shape) if indicator.shape != self.batch_shape else indicator
         self.active = active
 
+    @classmethod
+    def from_moments(cls, loc: Tensor, scale: Tensor, mask: Tensor, indicator: Tensor, mean: Tensor,
+                     variance: Tensor, *, flat=None, active=None) -> "MaskedNormal":
+        """The distribution a guide builds on every step, without validation or broadcasting: all
+        tensors already have ``loc``'s shape (``active`` may be a function returning the indices,
+        called only if a KL needs them). Constructing through ``__init__`` costs ~20 Python calls
+        per site and step, which on a GPU is time the device waits."""
+        q = object.__new__(cls)
+        q.loc, q.scale, q.mask, q.indicator = loc, scale, mask, indicator
+        q.mean, q.variance, q.flat, q.active = mean, variance, flat, active
+        q._batch_shape, q._event_shape, q._validate_args = loc.shape, torch.Size(), False
+        return q
+
     def to_event(self, reinterpreted_batch_ndims=None):
-        ndims = len(self.batch_shape) if reinterpreted_batch_ndims is None else reinterpreted_batch_ndims
-        if self.active is not None and ndims == len(self.batch_shape):
-            return ActiveSubspace(self, ndims)
+        dims = len(self._batch_shape)
+        ndims = dims if reinterpreted_batch_ndims is None else reinterpreted_batch_ndims
+        if self.active is not None and ndims == dims:
+            return ActiveSubspace.of(self)
         return super().to_event(ndims)
 
     def expand(self, batch_shape, _instance=None):
@@ -141,13 +164,22 @@ class ActiveSubspace(Independent):
     (registered below) is computed on the gathered active entries.
     """
 
+    @classmethod
+    def of(cls, base: MaskedNormal) -> "ActiveSubspace":
+        """``Independent(base, base.dim())`` without ``__init__``'s checks (see MaskedNormal.from_moments)."""
+        d = object.__new__(cls)
+        shape = base._batch_shape
+        d.base_dist, d.reinterpreted_batch_ndims = base, len(shape)
+        d._batch_shape, d._event_shape, d._validate_args = torch.Size(), shape, False
+        return d
+
 
 @register_kl(ActiveSubspace, Independent)
 def _kl_active_subspace(q: ActiveSubspace, p: Independent) -> Tensor:
     base_q, base_p = q.base_dist, p.base_dist
     if not isinstance(base_p, Normal) or p.reinterpreted_batch_ndims != q.reinterpreted_batch_ndims:
         raise NotImplementedError
-    index = base_q.active
+    index = base_q.active() if callable(base_q.active) else base_q.active
     base_q.kl_used = True
     # Advanced indexing gathers from expanded (stride-0) prior tensors without materializing them.
     kl = masked_normal_kl(base_q.loc[index], base_q.scale[index], None, base_p.loc[index], base_p.scale[index])

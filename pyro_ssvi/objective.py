@@ -10,12 +10,23 @@ registered, exactly as Pyro does). The result is a tensor: no host synchronizati
 
 from __future__ import annotations
 
+from typing import Dict, Optional, Tuple
+
 import torch
 from pyro import poutine
+from pyro.distributions import Independent, Normal
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import kl_divergence
+
+from .distributions import ActiveSubspace, SubspacePrior
+from .guides.flat import FlatMoments
+
+# Priors whose density is a Normal's (SubspacePrior only masks it at sparse draws): their KL to a
+# masked Normal is the closed form over the active entries.
+_NORMAL_LOG_PROBS = (Normal.log_prob, SubspacePrior.log_prob)
+_INDEPENDENT = (Independent, torch.distributions.Independent, ActiveSubspace)
 
 __all__ = ["mean_field_loss"]
 
@@ -25,8 +36,12 @@ def mean_field_loss(model, guide, *args, **kwargs) -> Tensor:
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     elbo: Tensor = torch.zeros(())
+    flat_sites = _flat_kl_sites(model_trace, guide_trace)
+    if flat_sites:
+        moments, scale, priors = flat_sites
+        elbo = elbo - moments.kl(priors) * scale
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
+        if (flat_sites and name in priors) or site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["is_observed"]:
             log_p = site["fn"].log_prob(site["value"])
@@ -43,7 +58,61 @@ def mean_field_loss(model, guide, *args, **kwargs) -> Tensor:
             log_q = scale_and_mask(log_q, guide_site["scale"], guide_site["mask"]).sum()
             elbo = elbo + log_p - log_q
     for name, guide_site in guide_trace.nodes.items():
+        if flat_sites and name in priors:
+            continue
         if guide_site["type"] == "sample" and name not in model_trace.nodes and not site_is_subsample(guide_site):
             log_q = guide_site["fn"].log_prob(guide_site["value"])
             elbo = elbo - scale_and_mask(log_q, guide_site["scale"], guide_site["mask"]).sum()
     return -elbo
+
+
+def _flat_kl_sites(model_trace, guide_trace) -> Optional[Tuple[FlatMoments, float, Dict[str, Tuple[Tensor, Tensor]]]]:
+    """``(moments, scale, priors)`` when the KL of every weight site of one guide can be computed
+    at once (:meth:`~pyro_ssvi.guides.flat.FlatMoments.kl`), else None.
+
+    That needs, for every site of the guide's flat layout: a closed-form KL between its masked
+    Normal and a Normal prior over all its dimensions, with prior parameters that are not trained
+    (a learned prior scale needs its gradient through the per-site KL), no mask, and one common
+    scale (the KL weight and 1/N). Otherwise every site is scored on its own, as before.
+    """
+    moments, scale, priors = None, None, {}
+    for name, guide_site in guide_trace.nodes.items():
+        if guide_site["type"] != "sample" or guide_site["is_observed"]:
+            continue
+        q = guide_site["fn"]
+        base_q = getattr(q, "base_dist", q)
+        flat = getattr(base_q, "flat", None)
+        if flat is None:
+            continue
+        q_dims = q.reinterpreted_batch_ndims if type(q) in _INDEPENDENT else 0
+        site = model_trace.nodes.get(name)
+        if site is None or site["is_observed"] or site["mask"] is not None or guide_site["mask"] is not None:
+            return None
+        base_p, p_dims = _unwrap(site["fn"])
+        if (type(base_p).log_prob not in _NORMAL_LOG_PROBS or q_dims != p_dims or q_dims != base_q.loc.dim()
+                or base_p.loc.requires_grad or base_p.scale.requires_grad):
+            return None
+        if moments is None:
+            moments, scale = flat[0], guide_site["scale"]
+        elif flat[0] is not moments or not _same_scale(guide_site["scale"], scale):
+            return None
+        priors[name] = (base_p.loc, base_p.scale)
+        base_q.kl_used = True
+    if moments is None or len(priors) != len(moments.layout.names):
+        return None
+    return moments, scale, priors
+
+
+def _same_scale(a, b) -> bool:
+    # Floats compare by value; tensors (poutine.scale with a tensor) only by identity, since
+    # comparing their values would wait for the device.
+    return a is b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)
+
+
+def _unwrap(fn):
+    """``(base distribution, reinterpreted dims)`` of an ``Independent`` (or ``(fn, 0)``). By type,
+    not ``isinstance``: Pyro's distribution classes have an ABC metaclass, whose isinstance is a
+    Python call, and this runs at every site of every step."""
+    if type(fn) in _INDEPENDENT:
+        return fn.base_dist, fn.reinterpreted_batch_ndims
+    return fn, 0

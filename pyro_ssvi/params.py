@@ -156,7 +156,9 @@ class StoreEntries:
         owner = self._owner()
         self.adopted = False
         for name, (current, _, _) in self._entries.items():
-            if params.get(name) is not current(owner):
+            # A Parameter's identity never changes: compare it without calling its getter.
+            tensor = current.tensor if type(current) is _constant else current(owner)
+            if params.get(name) is not tensor:
                 self._resolve(name)
         return self.adopted
 

@@ -40,8 +40,7 @@ def select_drop_grow(
     removal = removal_score.reshape(-1).masked_fill(~flat_mask, inf)
     removed = torch.topk(removal, k, largest=False, sorted=False).indices
     if regrow_removed:
-        flat_mask = flat_mask.clone()
-        flat_mask[removed] = False
+        flat_mask = flat_mask.clone().index_fill_(0, removed, False)
     addition = addition_score.reshape(-1).to(removal.dtype).masked_fill(flat_mask, -inf)
     added = torch.topk(addition, k, largest=True, sorted=False).indices
     return removed, added
@@ -68,30 +67,26 @@ def update_site(
     left as it was (mu, rho and optimizer state), as in the authors' code.
     """
     removed, added = select_drop_grow(mask, removal_score, addition_score, k, regrow_removed)
-    removed_at, added_at = _unravel(removed, mask.shape), _unravel(added, mask.shape)
     before = mask.to(rho.dtype)
-    mask[removed_at] = False
+    _set(mask, removed, False, None)
     sigma = _regrown_sigma(rho, before, mask.to(rho.dtype), sigma_init)
     if regrow_removed:
         # Fixed-size [k] flags, so no host sync: which removed entries come back, which added
         # ones were just removed. Those keep their values; the rest are reset as usual.
         back = mask.new_zeros(mask.numel())
-        back[added] = True
-        removed_back = back[removed]
-        back.zero_()
-        back[removed] = True
-        added_back = back[added]
+        removed_back = back.index_fill_(0, added, True).index_select(0, removed)
+        added_back = back.zero_().index_fill_(0, removed, True).index_select(0, added)
     else:
         removed_back = added_back = None
-    _set(loc, removed_at, 0.0, removed_back)
-    _set(loc, added_at, 0.0, added_back)
-    _set(rho, added_at, softplus_inverse(sigma), added_back)
-    mask[added_at] = True
+    _set(loc, removed, 0.0, removed_back)
+    _set(loc, added, 0.0, added_back)
+    _set(rho, added, softplus_inverse(sigma), added_back)
+    _set(mask, added, True, None)
     if state_lookup is not None:
         for param in (loc, rho):
             state = state_lookup(param)
-            zero_optimizer_state(state, param, removed_at, removed_back)
-            zero_optimizer_state(state, param, added_at, added_back)
+            zero_optimizer_state(state, param, removed, removed_back)
+            zero_optimizer_state(state, param, added, added_back)
     return removed, added
 
 
@@ -112,32 +107,45 @@ def _regrown_sigma(rho: Tensor, before: Tensor, kept: Tensor, sigma_init: Union[
     return mean if sigma_init == "mean" else F.softplus(mean)
 
 
-def _set(param: Tensor, index: Tuple[Tensor, ...], value, keep: Optional[Tensor]) -> None:
-    """``param[index] = value``, except where the [k] bool ``keep`` is True (None: nowhere)."""
+def _set(param: Tensor, flat_index: Tensor, value, keep: Optional[Tensor]) -> None:
+    """``param`` at the row-major flat indices ``flat_index`` [k] := ``value`` (a Python number or a
+    0-dim tensor), except where the [k] bool ``keep`` is True (None: nowhere).
+
+    Written through a flat view of ``param``'s memory with ``index_fill_`` / ``index_copy_``, which
+    take the value as a kernel argument: ``param[index] = 0.0`` would first copy the number to the
+    device, a host wait on a GPU. Works for any dense layout (contiguous, channels_last).
+    """
+    memory, position = _memory_view(param, flat_index)
     if keep is None:
-        param[index] = value
+        memory.index_fill_(0, position, value)
     else:
-        param[index] = torch.where(keep, param[index], value)
+        memory.index_copy_(0, position, torch.where(keep, memory.index_select(0, position), value))
 
 
-def _unravel(flat_index: Tensor, shape: torch.Size) -> Tuple[Tensor, ...]:
-    # Multi-dimensional indices work whatever the memory layout (e.g. channels_last), where
-    # .view(-1) would fail.
-    return torch.unravel_index(flat_index, shape)
+def _memory_view(t: Tensor, flat_index: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(t's memory as a [numel] view, where the row-major flat indices lie in it)``."""
+    if not (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"surgery needs a dense tensor (contiguous or channels_last), got strides {t.stride()}")
+    memory = t.as_strided((t.numel(),), (1,), t.storage_offset())
+    if t.is_contiguous():
+        return memory, flat_index
+    position, rest = 0, flat_index
+    for size, stride in zip(reversed(t.shape), reversed(t.stride())):  # Python ints: no transfer
+        position = position + (rest % size) * stride
+        rest = torch.div(rest, size, rounding_mode="floor")
+    return memory, position
 
 
-def zero_optimizer_state(
-    state: Optional[dict], param: Tensor, index: Tuple[Tensor, ...], keep: Optional[Tensor] = None
-) -> None:
-    """Zero, in place, every per-entry state tensor of ``param`` (momentum, moments) at ``index``
-    (a tuple of per-dimension index tensors), except where the bool ``keep`` (one flag per index)
-    is True. Scalar entries (Adam's ``step``) are left alone.
+def zero_optimizer_state(state: Optional[dict], param: Tensor, flat_index: Tensor, keep: Optional[Tensor] = None) -> None:
+    """Zero, in place, every per-entry state tensor of ``param`` (momentum, moments) at the
+    row-major flat indices ``flat_index`` [k], except where the bool ``keep`` [k] is True. Scalar
+    entries (Adam's ``step``) are left alone.
     """
     if not state:
         return
     for value in state.values():
         if torch.is_tensor(value) and value.shape == param.shape:
-            _set(value, index, 0, keep)
+            _set(value, flat_index, 0, keep)
 
 
 def optimizer_state_lookup(optim) -> StateLookup:

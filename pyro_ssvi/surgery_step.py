@@ -171,7 +171,5 @@ def apply_surgery(
                 loc, rho, guide.site_mask(name), removal_scores[name], addition_scores[name], k,
                 sigma_init, state_lookup, regrow_removed=variant.regrow_removed,
             )
-            if hasattr(guide, "site_active_index"):
-                guide.site_active_index(name)  # its one sync, here rather than next step
         record["sites"][name] = {"removed": k, "added": k}
     return record

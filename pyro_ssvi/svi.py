@@ -178,18 +178,20 @@ class SSVI(SVI):
         # A plain nn.Module model announces its parameters (names for pyro.optim's state).
         model, self._model_store = with_point_estimates(model)
         # One messenger instance each, reused every step; model and guide run one after the other.
-        self._beta = ScaleLatentsMessenger(1.0)
-        normalize = poutine.scale(scale=1.0 / num_data) if num_data else (lambda fn: fn)
+        # beta on the latents and 1/N on everything (the per-datapoint loss), in one messenger.
+        self._beta = ScaleLatentsMessenger(1.0, scale=1.0 / num_data if num_data else 1.0)
         self._lrt = LRTMessenger(sparse_guide, self.variant.lrt_epsilon)
-        self._model_sampled = normalize(self._beta(MaskPriorMessenger(sparse_guide)(model)))
-        self._model_lrt = normalize(self._beta(MaskPriorMessenger(sparse_guide)(self._lrt(model))))
-        self._guide = normalize(self._beta(guide))
+        self._model_sampled = self._beta(MaskPriorMessenger(sparse_guide)(model))
+        # The lean loss never scores a weight under its prior (closed-form KLs over the active
+        # entries, whatever the prior's class): no prior masking needed on its hot path.
+        self._model_lrt = self._beta(self._lrt(model) if lean else MaskPriorMessenger(sparse_guide)(self._lrt(model)))
+        self._guide = self._beta(guide)
         # Under LRT with a closed-form KL nothing should read a weight draw except the LRT ops,
         # which use q's moments: the draws are skipped, and a site whose stand-in gets used
         # anyway is drawn from then on (handlers.skip_draws). Part of state_dict().
         self._needs_draws: Set[str] = set()
         self._skip = SkipDrawsMessenger(sparse_guide, self._needs_draws) if (lean and lrt) else None
-        self._guide_lrt = normalize(self._beta(self._skip(guide))) if self._skip else self._guide
+        self._guide_lrt = self._beta(self._skip(guide)) if self._skip else self._guide
         # step_async: (all losses finite so far, first unchecked step), on the device.
         self._unchecked: Optional[Tuple[Tensor, int]] = None
 
@@ -258,11 +260,14 @@ class SSVI(SVI):
     def check_finite(self) -> None:
         """Raise :class:`~pyro_ssvi.errors.NonFiniteLossError` if a loss of a :meth:`step_async`
         step since the last check was NaN or infinite (one device synchronization)."""
-        if self._unchecked is None:
-            return
-        finite, first = self._unchecked
+        if self._unchecked is not None:
+            self._raise_if_not_finite(bool(self._unchecked[0]))
+
+    def _raise_if_not_finite(self, finite: bool) -> None:
+        """Forget the recorded finiteness of the async steps; raise if one was not finite."""
+        first = self._unchecked[1]
         self._unchecked = None
-        if not bool(finite):
+        if not finite:
             raise NonFiniteLossError(
                 f"SSVI: a loss between steps {first} and {self.step_count - 1} was not finite, and the "
                 "parameters were updated since. Restart from the last checkpoint with a lower learning "
@@ -276,7 +281,7 @@ class SSVI(SVI):
             self.distributed.before_step(self.model)
         self._beta.beta = self.kl_weight(t)
         update = self.is_update_step(t)
-        if sync or update:
+        if sync and not update:  # an update step checks in its one read from the device
             self.check_finite()
         if update:
             loss = self._surgery_step(t, args, kwargs)
@@ -367,29 +372,39 @@ class SSVI(SVI):
         """Loss and dense weight gradients at sampled (or mean) weights, then drop/grow; no
         optimizer step. The scores are :mod:`pyro_ssvi.surgery_step`'s."""
         guide = self._scorer.guide(self._guide, self.sparse_guide)
-        total_loss, draws = 0.0, self._scorer.draws_at_update
+        losses = []
         # Distributed: the same weight draws on every rank, as one process would draw for the global batch.
         shared = self.distributed.shared_rng(t) if self.distributed else contextlib.nullcontext()
         with shared:
-            for _ in range(draws):
-                total_loss += self._surgery_draw(t, guide, args, kwargs)
-        self.apply_surgery(t, self._scorer.take())
-        return total_loss / draws
-
-    def _surgery_draw(self, t: int, guide, args, kwargs) -> float:
-        """One forward/backward at sampled (or mean) weights; records its addition scores."""
-        with poutine.trace(param_only=True) as capture:
-            loss = float(self._surgery_loss_and_grads(self._model_sampled, guide, *args, **kwargs))
-        if self.distributed is not None:
+            for _ in range(self._scorer.draws_at_update):
+                with poutine.trace(param_only=True) as capture:
+                    losses.append(self._surgery_loss_and_grads(self._model_sampled, guide, *args, **kwargs))
+                self._scorer.record()
+                # No optimizer step follows: the parameters' gradients are not needed.
+                zero_grads(self._params(capture.trace))
+                if self._torch_optim:
+                    self.optim.zero_grad()
+        loss, earlier_finite = self._read_update_loss(losses)
+        if self.distributed is not None:  # the global batch's loss: every rank decides alike below
             loss = self.distributed.average_value(loss)
-        trained = self._params(capture.trace)
-        self._check_finite(loss, t, trained)
-        self._scorer.record()
-        # No optimizer step follows: the parameters' gradients are not needed.
-        zero_grads(trained)
-        if self._torch_optim:
-            self.optim.zero_grad()
+        if self._unchecked is not None:
+            self._raise_if_not_finite(earlier_finite)
+        if not math.isfinite(loss):
+            self._scorer.take()  # discarded: they come from a non-finite loss
+            raise self._non_finite(loss, t)
+        self.apply_surgery(t, self._scorer.take())
         return loss
+
+    def _read_update_loss(self, losses) -> Tuple[float, bool]:
+        """``(mean loss, every step_async loss since the last check was finite)`` in one read from
+        the device (the update step's only one); Pyro's estimators return floats already."""
+        if not any(torch.is_tensor(v) for v in losses):
+            return sum(losses) / len(losses), self._unchecked is None or bool(self._unchecked[0])
+        values = [torch.stack(losses).double().mean()]
+        if self._unchecked is not None:
+            values.append(self._unchecked[0].double())
+        read = torch.stack(values).tolist()
+        return read[0], len(read) == 1 or read[1] == 1.0
 
     def apply_surgery(self, t: int, addition_scores: Dict[str, Tensor]) -> dict:
         """Drop/grow every sparse site given its addition scores (site name -> score of the

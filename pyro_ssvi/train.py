@@ -33,18 +33,39 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from . import checkpoint, plots
-from .build import build_guide, build_model, build_optimizer, build_scheduler, build_svi, setup_guide
+from .build import (
+    build_guide,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_svi,
+    setup_guide,
+)
 from .config import as_config, resolve_device, validate
+from .cuda_graph import GraphedSteps
 from .data import DeviceLoader
 from .diagnostics import not_learned_warning, posterior_diagnostics, sigma_snapshot
-from .errors import SSVICheckpointError, SSVIError
+from .errors import SSVICheckpointError, SSVIConfigError, SSVIError
 from .fileio import atomic_write
 from .metrics import plot_reliability_diagram
 from .ood import ood_metrics
-from .training.best import BestTracker, best_base, best_report, restore_best, validate_epoch
+from .training.best import (
+    BestTracker,
+    best_base,
+    best_report,
+    restore_best,
+    validate_epoch,
+)
 from .training.data import RunData, prepare_data, whole
 from .training.distributed import Ranks, check_distributed_config
-from .training.evaluation import evaluate, predict_fixed, raw_targets, replaced_fractions, summary_table, training_flops
+from .training.evaluation import (
+    evaluate,
+    predict_fixed,
+    raw_targets,
+    replaced_fractions,
+    summary_table,
+    training_flops,
+)
 from .training.resume import resume_config
 from .training.rundir import claim_run_dir, remove_stale_temporaries, run_log
 from .training.shift import shift_metrics, shift_sets
@@ -77,7 +98,8 @@ def _write_text(path: Path, text: str) -> None:
 def _autocast(cfg: DictConfig, device: torch.device):
     """bf16 autocast around a training step when ``train.precision=bf16``, else nothing."""
     if cfg.train.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        # A CUDA graph must not hold autocast's cached weight casts across replays.
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not cfg.train.cuda_graph)
     return contextlib.nullcontext()
 
 
@@ -103,9 +125,15 @@ def run(cfg: Union[DictConfig, Mapping[str, Any]], overrides: Optional[Sequence[
     overrides = _hydra_overrides() if overrides is None else list(overrides)
     cfg, resume_state = resume_config(cfg, overrides)
     device = resolve_device(cfg.device)
-    threads = torch.get_num_threads()
+    if cfg.train.cuda_graph and device.type != "cuda":
+        raise SSVIConfigError(
+            f"train.cuda_graph=true needs a CUDA device, but the run is on {device}: set train.cuda_graph=false"
+        )
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     if device.type == "cpu" and cfg.cpu_threads is not None:
         torch.set_num_threads(int(cfg.cpu_threads))
+    if device.type == "cuda":  # every step has the same shapes: let cuDNN pick its fastest kernels once
+        torch.backends.cudnn.benchmark = True
     ranks, device = Ranks.start(cfg, device)  # under torchrun: joins the process group
     finished = False
     try:
@@ -117,6 +145,7 @@ def run(cfg: Union[DictConfig, Mapping[str, Any]], overrides: Optional[Sequence[
     finally:
         ranks.close(finished)  # (already closed after training, unless it failed)
         torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, overrides: List[str],
@@ -133,6 +162,8 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
         model = model.to(memory_format=torch.channels_last)
     guide = build_guide(cfg, model)
     setup_guide(guide, model, info.input_shape, device)
+    if data.channels_last:  # the guide's 4-D means and sigmas too, so LRT's convolutions get NHWC weights
+        guide.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model, guide)
     scheduler = build_scheduler(cfg, optimizer, num_steps)
     svi = build_svi(cfg, model, guide, optimizer, num_steps, info.num_data, distributed=ranks.sync)
@@ -226,6 +257,8 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
     headline, headline_label = ("rmse", "RMSE") if data.regression else ("accuracy", "accuracy")  # per-epoch score
     lazy = cfg.train.loss_sync == "epoch" or (cfg.train.loss_sync == "auto" and device.type == "cuda")
     step = svi.step_async if lazy else svi.step
+    if cfg.train.cuda_graph:
+        step = GraphedSteps(svi).step
     epochs, result, test_metrics = int(cfg.train.epochs), None, {}
     last_score = history[-1].get(f"test_{headline}") if history else None
     train_time = sum(r["epoch_time_s"] for r in history)
@@ -243,7 +276,10 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
                 run.scheduler.step()
                 n += 1
                 if not bar.disable and n % 10 == 0:
-                    postfix = {"loss": f"{float(loss_sum) / n:.4f}", "density": f"{guide.density():.3f}"}
+                    # Under step_async the running loss lives on the device and reading it would
+                    # stall the GPU's queue: the bar shows the last epoch's loss instead.
+                    shown = (history[-1]["train_loss"] if history else float("nan")) if lazy else loss_sum / n
+                    postfix = {"loss": f"{shown:.4f}", "density": f"{guide.density():.3f}"}
                     if last_score is not None:
                         postfix[headline_label] = last_score
                     bar.set_postfix(postfix)

@@ -10,7 +10,7 @@ ranks start from different seeds, so rank 0's broadcast state is what makes them
 ``adam_draws`` (pyro.optim.Adam, sampled weights and Monte Carlo KL, ``grad`` addition from the
 shared-seed draws; all ranks seeded alike, so their ordinary draws match the reference's too),
 ``die`` (rank 1 kills itself at step 20), ``stall`` (rank 1 sleeps at step 20, longer than the
-process group's timeout), ``corrupt`` (rank 1 flips a mask entry at step 30) and ``bn`` (a model
+process group's timeout), ``corrupt`` (rank 1 moves an active mask entry at step 30) and ``bn`` (a model
 with BatchNorm, 12 steps: each step must start from rank 0's running statistics).
 """
 
@@ -49,9 +49,17 @@ def data():
 
 
 def train(scenario: str, rank: int, world_size: int, sync: DistributedSync) -> dict:
-    """Train ``STEPS`` steps on this rank's shard of each global batch; returns the final
-    parameters, the masks after every mask update and the losses."""
+    """Train ``STEPS`` steps on this rank's shard of each global batch (in float64); returns the
+    final parameters, the masks after every mask update and the losses."""
+    before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
+    try:
+        return _train(scenario, rank, world_size, sync)
+    finally:  # the tests call this in their own process
+        torch.set_default_dtype(before)
+
+
+def _train(scenario: str, rank: int, world_size: int, sync: DistributedSync) -> dict:
     pyro.clear_param_store()
     # sgd_lrt: different seeds per rank (rank 0's state must win); adam_draws: the same seed.
     pyro.set_rng_seed(7 + (rank if scenario == "sgd_lrt" else 0))
@@ -88,9 +96,13 @@ def train(scenario: str, rank: int, world_size: int, sync: DistributedSync) -> d
                 if scenario == "stall" and rank == 1 and step == 20:
                     time.sleep(120)
                 if scenario == "corrupt" and rank == 1 and step == 30:
-                    mask = guide.masks["1.weight"]
+                    # Move one active entry elsewhere (the count stays: the guide's invariant), with a
+                    # large mean, so that the next update keeps it rather than undoing the move.
+                    flat = guide.masks["1.weight"].view(-1)
+                    on, off = int(flat.nonzero()[0]), int((~flat).nonzero()[0])
                     with torch.no_grad():
-                        mask.view(-1)[0] = ~mask.view(-1)[0]
+                        flat[on], flat[off] = False, True
+                        guide.site_params("1.weight")[0].view(-1)[off] = 10.0
                 idx = order[i * local:(i + 1) * local]
                 before = len(svi.surgery_log)
                 losses.append(float(step_fn(x[idx], y[idx])))

@@ -200,3 +200,18 @@ def test_a_model_wrapped_in_ddp_is_refused(tmp_path):
             DistributedSync().prepare(ddp, guide)
     finally:
         dist.destroy_process_group()
+
+
+def test_cuda_graph_steps_refuse_a_distributed_svi():
+    from pyro.infer import TraceMeanField_ELBO
+
+    from pyro_ssvi import SSVI, MaskedAutoNormal, models
+    from pyro_ssvi.cuda_graph import GraphedSteps
+
+    model = models.mlp([4, 8, 3], num_data=10)
+    guide = MaskedAutoNormal(model, sparsity=0.5)
+    guide(torch.randn(2, 4), torch.tensor([0, 1]))
+    optim = torch.optim.SGD([*guide.parameters(), *model.parameters()], lr=0.1)
+    svi = SSVI(model, guide, optim, TraceMeanField_ELBO(), num_data=10, distributed=DistributedSync())
+    with pytest.raises(SSVIConfigError, match="cuda_graph does not work with data-parallel"):
+        GraphedSteps(svi)

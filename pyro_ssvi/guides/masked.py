@@ -23,6 +23,7 @@ placeholder ``rho``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from contextlib import ExitStack
 from typing import Dict, Iterable, Optional, Sequence, Tuple
@@ -30,7 +31,6 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro.distributions import Normal
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.autoguide.utils import helpful_support_errors
@@ -40,6 +40,7 @@ from ..distributions import MaskedNormal, SubspacePrior
 from ..errors import SSVIConfigError
 from ..params import StoreEntries, announcing
 from ..variant import VariantLike, get_variant
+from .flat import FlatLayout, FlatMoments, unravel
 from .init import INIT_LOC_KEY, InitScale, check_init_scale, init_to_normal, initial_mask, initial_scale
 from .persistence import ParamStorePersistence, site_key
 from .sites import (
@@ -52,6 +53,7 @@ from .sites import (
     plan_site,
     softplus_inverse,
 )
+from .summary import PosteriorSummaries
 
 _key = site_key
 
@@ -60,7 +62,7 @@ class _Buffers(nn.Module):
     """A plain holder of named buffers (nn has no BufferDict)."""
 
 
-class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
+class MaskedAutoNormal(PosteriorSummaries, ParamStorePersistence, AutoGuide):
     """Mean-field Normal guide over a random ``1 - sparsity`` fraction of every weight site.
 
     :param model: any Pyro model. Its global Normal-prior sites (weights) get masked Normals;
@@ -126,8 +128,13 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
         self.seed = seed
         self.variant = get_variant(variant)
         self._sites: Dict[str, SiteInfo] = {}
+        # Weight site name -> SiteInfo, in model order (empty before the first call). An attribute,
+        # not a property: handlers test ``name in guide.sites`` at every site of every step.
+        self.sites = self._sites
         self._latents: Dict[str, LatentInfo] = {}
-        self._indicators: Dict[str, Tuple[Tensor, int, Tensor]] = {}
+        self._layout: Optional[FlatLayout] = None
+        self._keys: Tuple[str, ...] = ()  # weight sites' keys in the ParameterDicts, in site order
+        self._weight_names: Tuple[Tuple[str, str, int], ...] = ()  # (loc name, scale name, event_dim)
         self._active: Dict[str, Tuple[Tensor, int, Tuple[Tensor, ...]]] = {}
         self._names: Dict[str, Tuple[str, str]] = {}  # site -> (loc name, scale name) in the store
         self._plain_prior_sites: Tuple[str, ...] = ()  # sparse sites whose prior is not a SubspacePrior
@@ -166,6 +173,9 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
             self._init_weight_site(name, site, generator)
         for name, site in latents:
             self._init_latent(name, site)
+        self._keys = tuple(_key(n) for n in self._sites)
+        self._layout = FlatLayout({n: i.shape for n, i in self._sites.items()},
+                                  {n: i.num_active for n, i in self._sites.items()})
         self._plain_prior_sites = tuple(
             n for n, s in weights if self._sites[n].sparse and not isinstance(normal_base(s["fn"]), SubspacePrior)
         )
@@ -197,11 +207,6 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
         self._modules["latent_rhos"][key] = nn.Parameter(softplus_inverse(scale))
 
     # ------------------------------------------------------------------ access
-    @property
-    def sites(self) -> Dict[str, SiteInfo]:
-        """Weight site name -> :class:`SiteInfo`, in model order (empty before the first call)."""
-        return self._sites
-
     @property
     def latent_sites(self) -> Dict[str, LatentInfo]:
         """Dense latent site name -> :class:`LatentInfo` (empty before the first call)."""
@@ -235,14 +240,21 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
         return self._modules["mask_buffers"]._buffers[_key(name)]
 
     def site_indicator(self, name: str) -> Tensor:
-        """The site's mask as 0/1 in the parameters' dtype, cached until the mask changes.
+        """The site's mask as 0/1 in the parameters' dtype: a view of the flat indicator, which
+        is rebuilt only when a mask buffer is replaced (``.to``, loading) or modified in place
+        (surgery bumps its version counter). Multiplying by a bool mask instead would cost a
+        dtype-conversion kernel forward and another backward on every step."""
+        layout = self.flat_layout()
+        return layout.split(layout.indicator)[layout.index[name]]
 
-        Multiplying by a bool mask costs a dtype-conversion kernel forward and backward; this
-        tensor is rebuilt only when the mask buffer is replaced (``.to``, loading) or modified in
-        place (surgery bumps its version counter).
-        """
-        dtype = self.site_params(name)[0].dtype
-        return self._derived_from_mask(self._indicators, name, lambda mask: mask.to(dtype))
+    def flat_layout(self, masks: Optional[Sequence[Tensor]] = None) -> FlatLayout:
+        """The weight sites' :class:`~pyro_ssvi.guides.flat.FlatLayout`, refreshed for the current
+        masks (``masks``: the mask buffers in site order, if the caller has them)."""
+        layout = self._layout
+        if masks is None:
+            masks = [self._modules["mask_buffers"]._buffers[k] for k in self._keys]
+        layout.refresh(masks, self._modules["locs"]._parameters[self._keys[0]].dtype)
+        return layout
 
     def _derived_from_mask(self, store: dict, name: str, compute):
         """``compute(mask)``, cached in ``store`` while the mask buffer is the same tensor with the
@@ -254,15 +266,27 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
             store[name] = cached
         return cached[2]
 
+    def _active_getter(self, name: str):
+        """A zero-argument function returning :meth:`site_active_index` (MaskedNormal asks only
+        when a registered KL needs the active entries), or None for a dense site; made once."""
+        getters = self.__dict__.setdefault("_active_getters", {})
+        if name not in getters:
+            getters[name] = functools.partial(self.site_active_index, name) if self._sites[name].sparse else None
+        return getters[name]
+
     def site_active_index(self, name: str) -> Optional[Tuple[Tensor, ...]]:
         """Per-dimension indices of a sparse site's active entries (None for a dense site).
 
-        Cached like :meth:`site_indicator`; computing it synchronizes with the device, so
-        surgery refreshes it on its own (already synchronizing) step.
+        Cached until the mask changes; found with ``nonzero_static`` (the active count is fixed),
+        so computing it never waits for the device.
         """
-        if not self._sites[name].sparse:
+        info = self._sites[name]
+        if not info.sparse:
             return None
-        return self._derived_from_mask(self._active, name, lambda mask: mask.nonzero(as_tuple=True))
+        return self._derived_from_mask(
+            self._active, name,
+            lambda mask: unravel(torch.nonzero_static(mask.reshape(-1), size=info.num_active).squeeze(1), info.shape),
+        )
 
     def scale(self, name: str) -> Tensor:
         """``softplus(rho)`` of a weight site, unmasked (placeholders at inactive entries)."""
@@ -301,15 +325,33 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
             self._sync_store()
         if self._plain_prior_sites:
             self._check_last_objective()
-        announce = announcing()
+        values = self._sample_weights(announcing()) if self._sites else {}
+        if self._latents:
+            values.update(self._sample_latents(*args, **kwargs))
+        return values
+
+    def _sample_weights(self, announce: bool) -> Dict[str, Tensor]:
+        """Sample every weight site from its masked Normal, with the per-entry math of all sites
+        done at once on flat vectors (:mod:`pyro_ssvi.guides.flat`)."""
+        keys = self._keys
+        masks = [self._modules["mask_buffers"]._buffers[k] for k in keys]
+        layout = self.flat_layout(masks)
+        if announce:  # through pyro.param, so Pyro's handlers see (and may substitute) every tensor
+            locs, scales = [], []
+            for loc_name, scale_name, event_dim in self._weight_names:
+                locs.append(pyro.param(loc_name, event_dim=event_dim))
+                scales.append(pyro.param(scale_name, event_dim=event_dim))
+            moments = FlatMoments(layout, locs, scales=scales)
+        else:  # SSVI's fast path: our own tensors, one softplus for all sites
+            locs = [self._modules["locs"]._parameters[k] for k in keys]
+            moments = FlatMoments(layout, locs, rhos=[self._modules["rhos"]._parameters[k] for k in keys])
+        indicators = layout.split(layout.indicator)
         values = {}
-        for name, info in self._sites.items():
-            if announce:
-                loc_name, scale_name = self._names[name]
-                q = self._masked_normal(name, pyro.param(loc_name, event_dim=info.event_dim),
-                                        pyro.param(scale_name, event_dim=info.event_dim))
-            else:
-                q = self._masked_normal(name)
+        for i, (name, info) in enumerate(self._sites.items()):
+            q = MaskedNormal.from_moments(
+                locs[i], moments.sigma_views[i], masks[i], indicators[i], moments.mean_views[i],
+                moments.variance_views[i], flat=(moments, name), active=self._active_getter(name),
+            )
             value = pyro.sample(name, q.to_event(info.event_dim) if info.event_dim else q)
             # The draw carries its distribution: local reparameterization reads (mean, variance)
             # from it instead of recomputing softplus(rho), and SubspacePrior reads its mask.
@@ -317,8 +359,6 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
             values[name] = value
             if name in self._plain_prior_sites:
                 self._last_draws[name] = q
-        if self._latents:
-            values.update(self._sample_latents(*args, **kwargs))
         return values
 
     def _sample_latents(self, *args, **kwargs) -> Dict[str, Tensor]:
@@ -352,54 +392,3 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
                 "guide, ...), or give the site a pyro_ssvi.distributions.SubspacePrior.",
                 stacklevel=3,
             )
-
-    @torch.no_grad()
-    def median(self, *args, **kwargs) -> Dict[str, Tensor]:
-        """Posterior median of each site: the mean (0 where inactive) for weight sites, the
-        transformed unconstrained mean for dense latents."""
-        result = {name: self.moments(name)[0].clone() for name in self._sites}
-        for name, info in self._latents.items():
-            result[name] = info.transform(self.latent_params(name)[0]).clone()
-        return result
-
-    @torch.no_grad()
-    def quantiles(self, quantiles: Sequence[float], *args, **kwargs) -> Dict[str, Tensor]:
-        """Site name -> tensor ``[len(quantiles), *shape]`` of marginal quantiles (0 where inactive)."""
-        result = {}
-        for name in list(self._sites) + list(self._latents):
-            if name in self._sites:
-                loc, rho = self.site_params(name)
-                mask = self.site_mask(name)
-            else:
-                (loc, rho), mask = self.latent_params(name), None
-            q = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
-            z = Normal(0.0, 1.0).icdf(q).reshape((-1,) + (1,) * loc.dim())
-            values = loc + F.softplus(rho) * z
-            result[name] = values * mask if mask is not None else self._latents[name].transform(values)
-        return result
-
-    def density(self) -> float:
-        """Active / total entries over the sparse sites (1.0 if none is sparse); no device sync."""
-        sparse = [info for info in self._sites.values() if info.sparse]
-        if not sparse:
-            return 1.0
-        return sum(i.num_active for i in sparse) / sum(i.numel for i in sparse)
-
-    @torch.no_grad()
-    def summary(self) -> Dict[str, dict]:
-        """Per weight site: shape, numel, active count, density, sparse flag, mean |loc| and sigma (active)."""
-        rows = {}
-        for name, info in self._sites.items():
-            loc, _ = self.site_params(name)
-            mask = self.site_mask(name)
-            active = int(mask.sum())
-            rows[name] = {
-                "shape": tuple(info.shape),
-                "numel": info.numel,
-                "active": active,
-                "density": active / info.numel,
-                "sparse": info.sparse,
-                "mean_abs_loc": float(loc.abs()[mask].mean()) if active else 0.0,
-                "mean_sigma": float(self.scale(name)[mask].mean()) if active else 0.0,
-            }
-        return rows

@@ -10,6 +10,7 @@ copied.
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, Tuple
 
 import torch
@@ -22,19 +23,21 @@ from ..params import StoreEntries, strip_unconstrained_refs
 __all__ = ["ParamStorePersistence", "site_key"]
 
 
+@functools.lru_cache(maxsize=None)
 def site_key(name: str) -> str:
     """A site's key in the guide's ParameterDicts and buffers (which cannot contain ".")."""
     return name.replace(".", "__")
 
 
 class _MaskOf:
-    """``guide -> guide.site_mask(name)``: the store entry of a mask buffer, which ``.to()`` replaces."""
+    """``guide -> the site's mask buffer``: the store entry of a mask, which ``.to()`` replaces
+    (read from the buffer dict directly: this runs for every site at every step)."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        self.key = site_key(name)
 
     def __call__(self, guide) -> Tensor:
-        return guide.site_mask(self.name)
+        return guide._modules["mask_buffers"]._buffers[self.key]
 
 
 class ParamStorePersistence:
@@ -69,6 +72,7 @@ class ParamStorePersistence:
                 self._store.add(f"locs.{name}", loc),
                 self._store.add(f"scales.{name}", rho, constraints.softplus_positive),
             )
+        self._weight_names = tuple(self._names[n] + (info.event_dim,) for n, info in self._sites.items())
         self._after_adoption()
 
     def _sync_store(self) -> None:
@@ -120,4 +124,5 @@ class ParamStorePersistence:
         strip_unconstrained_refs(self.parameters())
         state = super().__getstate__()
         state["_last_draws"] = {}
+        state.pop("_active_getters", None)  # bound to this object; remade on demand
         return state

@@ -83,6 +83,17 @@ class LRTMessenger(Messenger):
         if not msg["is_observed"] and msg["name"] in self.guide.sites:
             value = msg["value"]
             self._weights[id(value)] = (value, msg["name"])
+            # The tag lets pyro_ssvi.ops hand the op straight to this messenger instead of sending
+            # a message through every handler on the stack (~30 Python calls per layer and step);
+            # an enclosing LRT messenger does not take over an inner one's weight.
+            owner = getattr(value, "ssvi_lrt", None)
+            if owner is None or not owner.registered(value):
+                value.ssvi_lrt = self
+
+    def registered(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is a weight draw this messenger saw in its current run."""
+        entry = self._weights.get(id(tensor))
+        return entry is not None and entry[0] is tensor
 
     def _moments(self, tensor: Optional[Tensor]) -> Optional[Tuple[Tensor, Tensor]]:
         if tensor is None:
@@ -104,9 +115,17 @@ class LRTMessenger(Messenger):
         else:  # ops.linear(x, w) or a keyword bias
             kwargs = dict(kwargs)
             bias = kwargs.pop("bias", None)
+        value = self.compute(op, x, weight, bias, *config, **kwargs)
+        if value is not None:
+            msg["value"] = value
+            msg["done"] = True
+
+    def compute(self, op: Callable[..., Tensor], x: Tensor, weight: Tensor, bias: Optional[Tensor], *config, **kwargs):
+        """``op(x, weight, bias, *config)`` (``F.linear`` or ``F.conv2d``) drawn by local
+        reparameterization, or None if ``weight`` is not a weight draw this messenger saw."""
         weight_moments = self._moments(weight)
         if weight_moments is None:
-            return  # not a guide-covered weight: the plain op runs
+            return None  # not a guide-covered weight: the plain op runs
         w_mean, w_var = weight_moments
         bias_moments = self._moments(bias)
         if bias_moments is None:
@@ -115,14 +134,12 @@ class LRTMessenger(Messenger):
             b_mean, b_var = bias_moments
         mean = op(x, w_mean, b_mean, *config, **kwargs)
         if not self.noise:
-            msg["value"], msg["done"] = mean, True
-            return
+            return mean
         var = op(x.square(), w_var, b_var, *config, **kwargs)
         # epsilon > 0 keeps var + epsilon away from 0 itself (and adds noise of variance
         # epsilon to every output); otherwise the floor only guards the gradient.
         var = var + self.epsilon if self.epsilon else var.clamp_min(_VARIANCE_FLOOR)
-        msg["value"] = mean + var.sqrt() * torch.randn_like(mean)
-        msg["done"] = True
+        return mean + var.sqrt() * torch.randn_like(mean)
 
     def _pyro_ssvi_linear(self, msg) -> None:
         self._local_reparameterize(msg, F.linear)

@@ -51,13 +51,15 @@ class BayesianLayer(nn.Module):
         them); in-place edits of the buffers show through, since the prior holds views of them.
         """
         cached = self.__dict__.get("_prior")
-        if cached is None or cached[0] is not self.prior_loc or cached[1] is not self.prior_scale:
+        buffers = self._buffers  # not self.prior_loc: nn.Module.__getattr__ is a Python call per access
+        loc, scale = buffers["prior_loc"], buffers["prior_scale"]
+        if cached is None or cached[0] is not loc or cached[1] is not scale:
             prior = (
-                SubspacePrior(self.prior_loc, self.prior_scale, validate_args=False)
+                SubspacePrior(loc, scale, validate_args=False)
                 .expand(self.weight_shape)
                 .to_event(len(self.weight_shape))
             )
-            cached = (self.prior_loc, self.prior_scale, prior)
+            cached = (loc, scale, prior)
             self.__dict__["_prior"] = cached
         return cached[2]
 

@@ -77,10 +77,17 @@ class _Classes(Likelihood):
             raise SSVIConfigError(f"x holds {batch} examples but y has shape {tuple(y.shape)}; give one label per example")
 
 
+def full_precision(output: Tensor) -> Tensor:
+    """``output`` in float32 if it is half precision (under bf16 autocast the network's output
+    is bf16, and the likelihood's logsumexp / squared error would be rounded to 3 digits)."""
+    return output.float() if output.dtype in (torch.float16, torch.bfloat16) else output
+
+
 class CategoricalLikelihood(_Classes):
     name = "categorical"
 
     def observe(self, output: Tensor, y: Optional[Tensor], latents: dict) -> Tensor:
+        output = full_precision(output)
         pyro.sample("obs", dist.Categorical(logits=output), obs=y)
         return output
 
@@ -99,7 +106,7 @@ class BernoulliLikelihood(Likelihood):
             )
 
     def observe(self, output: Tensor, y: Optional[Tensor], latents: dict) -> Tensor:
-        logits = output.squeeze(-1)
+        logits = full_precision(output).squeeze(-1)
         pyro.sample("obs", dist.Bernoulli(logits=logits), obs=y)
         return logits
 
@@ -129,11 +136,11 @@ class NormalLikelihood(_Real):
         return 1
 
     def latents(self, output: Tensor) -> dict:
-        scale = torch.tensor(self.noise_prior_scale, dtype=output.dtype, device=output.device)
+        scale = torch.tensor(self.noise_prior_scale, dtype=full_precision(output).dtype, device=output.device)
         return {"sigma": pyro.sample("sigma", dist.HalfNormal(scale))}
 
     def observe(self, output: Tensor, y: Optional[Tensor], latents: dict) -> Tensor:
-        mean = output.squeeze(-1)
+        mean = full_precision(output).squeeze(-1)
         pyro.sample("obs", dist.Normal(mean, latents["sigma"]), obs=y)
         return mean
 
@@ -151,6 +158,7 @@ class HeteroscedasticNormalLikelihood(_Real):
         return 2
 
     def observe(self, output: Tensor, y: Optional[Tensor], latents: dict) -> Tensor:
+        output = full_precision(output)
         mean, raw_scale = output[..., 0], output[..., 1]
         pyro.sample("obs", dist.Normal(mean, F.softplus(raw_scale) + 1e-6), obs=y)
         return mean

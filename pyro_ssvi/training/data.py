@@ -129,6 +129,11 @@ def whole(data, batch_size: int, device: torch.device):
     return _whole_images(data, batch_size, device)
 
 
+def _drop_last(cfg: DictConfig) -> bool:
+    # A CUDA graph replays one batch shape.
+    return bool(cfg.train.drop_last) or bool(cfg.train.cuda_graph)
+
+
 def prepare_data(cfg: DictConfig, device: torch.device, ranks: Optional[Ranks] = None) -> RunData:
     """Load and check the data of ``cfg`` and build its loader (nothing is written).
 
@@ -145,7 +150,7 @@ def prepare_data(cfg: DictConfig, device: torch.device, ranks: Optional[Ranks] =
     shard = ranks.shard(train, int(cfg.seed) + 2)  # the training set itself in one process
     if regression:
         info = DataInfo(train.input_shape, 1, len(train), "regression")
-        loader = TableLoader(shard, batch, device=device, shuffle=True, generator=seed)
+        loader = TableLoader(shard, batch, device=device, shuffle=True, generator=seed, drop_last=_drop_last(cfg))
         normalization, channels_last = train.standardization, False
     else:
         info = DataInfo(train.image_shape, train.num_classes, len(train))
@@ -155,7 +160,8 @@ def prepare_data(cfg: DictConfig, device: torch.device, ranks: Optional[Ranks] =
             log.warning("train.channels_last=true is ignored: %s", problem)
             channels_last = False
         loader = DeviceLoader(shard, batch, device=device, shuffle=True, augment=bool(cfg.data.augment),
-                              pad=int(cfg.data.pad), generator=seed, channels_last=channels_last)
+                              pad=int(cfg.data.pad), generator=seed, channels_last=channels_last,
+                              drop_last=_drop_last(cfg))
         normalization = {"mean": list(train.mean), "std": list(train.std), "scale": train.scale}
     test_x, test_y = whole(test, int(cfg.eval.batch_size), device)
     val_x, val_y = whole(val, int(cfg.eval.batch_size), device) if val is not None else (None, None)
