@@ -124,9 +124,9 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, num_steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_svi(cfg: DictConfig, model, guide, optimizer, num_steps: int, num_data: int) -> SSVI:
+def build_svi(cfg: DictConfig, model, guide, optimizer, num_steps: int, num_data: int, distributed=None) -> SSVI:
     """SSVI with the ``method`` settings (``method.variant`` is the guide's, see :func:`build_guide`);
-    the loss is per data point (``num_data`` = N)."""
+    the loss is per data point (``num_data`` = N); ``distributed``: SSVI's (None: automatic)."""
     m = cfg.method
     loss = TraceMeanField_ELBO() if m.loss == "mean_field" else Trace_ELBO()
     sigma_init = m.sigma_init if m.sigma_init == "mean" else float(m.sigma_init)
@@ -146,4 +146,5 @@ def build_svi(cfg: DictConfig, model, guide, optimizer, num_steps: int, num_data
         kl_warmup=float(m.kl_warmup),
         num_data=int(num_data),
         lrt=bool(m.lrt),
+        distributed=distributed,
     )

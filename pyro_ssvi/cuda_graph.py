@@ -114,6 +114,11 @@ class GraphedSteps:
                 "train.cuda_graph needs TraceMeanField_ELBO with local reparameterization (method.lrt=true): "
                 "that step has no weight draw and no host read to leave out of the graph"
             )
+        if getattr(svi, "distributed", None) is not None:
+            raise SSVIConfigError(
+                "train.cuda_graph does not work with data-parallel training yet: the replayed step would not "
+                "average the gradients across processes (pyro_ssvi.distributed); set train.cuda_graph=false"
+            )
         self.svi, self.warmup = svi, int(warmup)
         self._graph_factory = graph_factory or _CudaGraph
         like = next(iter(svi.guide.parameters()))

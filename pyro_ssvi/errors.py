@@ -41,3 +41,7 @@ class SSVICheckpointError(SSVIError, RuntimeError):
 
 class SSVIWriteError(SSVIError, OSError):
     """A result file could not be written (a full disk, no permission); its previous version is intact."""
+
+
+class SSVIDistributedError(SSVIError, RuntimeError):
+    """Distributed training went out of step: a rank died or timed out, or the ranks' parameters or masks differ."""

@@ -48,6 +48,11 @@ class AdditionScorer:
         (ignored by the others, which use one).
     :param window: ``"batch"`` or ``"recent"`` (see the module docstring).
     :param update_interval: steps between updates (``"recent"`` needs ``samples <=`` it).
+
+    ``reduce``: None, or a function that averages a dict of tensors over data-parallel ranks in
+    place (:meth:`pyro_ssvi.distributed.DistributedSync.average_`); it is applied to each draw's
+    signed gradients before their magnitude is taken, so that the score is that of the global
+    batch.
     """
 
     def __init__(self, criterion: str, samples: int, window: str = "batch", update_interval: int = 1) -> None:
@@ -71,6 +76,7 @@ class AdditionScorer:
         self.samples = samples if self.criterion in _MC else 1
         self.window = window
         self.retain = RetainWeightGradsMessenger(())
+        self.reduce: Optional[Callable[[Dict[str, Tensor]], None]] = None
         self._sums: Dict[str, Tensor] = {}
         self._count = 0
 
@@ -93,8 +99,13 @@ class AdditionScorer:
 
     def record(self) -> None:
         """Add the gradients of the last backward pass through :meth:`guide`'s draws."""
-        for name, value in self.retain.values.items():
-            grad = value.grad if value.grad is not None else torch.zeros_like(value)
+        grads = {
+            name: value.grad.detach() if value.grad is not None else torch.zeros_like(value)
+            for name, value in self.retain.values.items()
+        }
+        if self.reduce is not None:
+            self.reduce(grads)
+        for name, grad in grads.items():
             # The paper's grad_mc averages magnitudes; grad_mc_mean averages signed gradients.
             grad = grad.detach() if self.criterion == "grad_mc_mean" else grad.detach().abs()
             total = self._sums.get(name)
@@ -127,25 +138,37 @@ def apply_surgery(
     sigma_init,
     variant: Variant,
     state_lookup: Optional[StateLookup] = None,
+    reduce_scores: Optional[Callable[[Dict[str, Tensor]], None]] = None,
 ) -> dict:
     """Drop/grow every sparse site of the MaskedAutoNormal ``guide`` at step ``t``; returns the
     log record ``{"step", "drop_fraction", "sites": {name: {"removed", "added"}}}``.
 
     ``sigma_init="mean"`` with ``variant.regrown_sigma="softplus_mean_rho"`` regrows at
     ``softplus(mean rho)`` (:func:`~pyro_ssvi.surgery.update_site`'s ``"mean_rho"``).
+    ``reduce_scores``: applied to the dict of removal scores before any top-k (data-parallel
+    ranks average them, so that all take the same decision; see :mod:`pyro_ssvi.distributed`).
     """
     r_t = schedule.drop_fraction_at(t)
     record = {"step": t, "drop_fraction": r_t, "sites": {}}
     if sigma_init == "mean" and variant.regrown_sigma == "softplus_mean_rho":
         sigma_init = "mean_rho"
-    for name, info in guide.sites.items():
-        if not info.sparse:
-            continue
-        k = drop_count(r_t, info.num_active, info.numel, variant)
+    counts = {
+        name: drop_count(r_t, info.num_active, info.numel, variant) for name, info in guide.sites.items() if info.sparse
+    }
+    # All removal scores first (each site's depends on its own parameters only), so that they can
+    # be reduced together.
+    removal_scores = {}
+    for name, k in counts.items():
+        if k > 0:
+            loc, rho = guide.site_params(name)
+            removal_scores[name] = removal(loc, F.softplus(rho))
+    if reduce_scores is not None:
+        reduce_scores(removal_scores)
+    for name, k in counts.items():
         if k > 0:
             loc, rho = guide.site_params(name)
             update_site(
-                loc, rho, guide.site_mask(name), removal(loc, F.softplus(rho)), addition_scores[name], k,
+                loc, rho, guide.site_mask(name), removal_scores[name], addition_scores[name], k,
                 sigma_init, state_lookup, regrow_removed=variant.regrow_removed,
             )
         record["sites"][name] = {"removed": k, "added": k}

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from . import estimators, params
 from .criteria import get_removal_criterion
+from .distributed import DistributedSync, resolve_distributed
 from .errors import NonFiniteLossError, SSVIConfigError
 from .handlers import (
     DrawNeeded,
@@ -92,6 +93,9 @@ class SSVI(SVI):
         minibatch likelihood to N.
     :param lrt: compute layers by local reparameterization on ordinary steps (layers that call
         :mod:`pyro_ssvi.ops`: pyro_ssvi's models, or see :func:`pyro_ssvi.nn.enable_lrt`).
+    :param distributed: data-parallel training over ``torch.distributed``
+        (:mod:`pyro_ssvi.distributed`): None (on when a process group of more than one rank is
+        initialized), False, True or a :class:`~pyro_ssvi.distributed.DistributedSync`.
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class SSVI(SVI):
         num_data: Optional[int] = None,
         lrt: bool = True,
         variant: VariantLike = None,
+        distributed: Union[None, bool, DistributedSync] = None,
     ) -> None:
         if not isinstance(loss, ELBO):
             raise SSVIConfigError(f"loss must be a Pyro ELBO such as Trace_ELBO(), got {type(loss).__name__}")
@@ -166,6 +171,9 @@ class SSVI(SVI):
         self._state_lookup = optimizer_state_lookup(optim)
         self._coverage_checked = False
         self._optim_state_checked = False
+        # Data parallel: gradients, scores and masks kept equal across ranks (None: one process).
+        self.distributed = resolve_distributed(distributed)
+        self._scorer.reduce = self.distributed.average_ if self.distributed else None
 
         # A plain nn.Module model announces its parameters (names for pyro.optim's state).
         model, self._model_store = with_point_estimates(model)
@@ -268,6 +276,9 @@ class SSVI(SVI):
 
     def _step(self, args, kwargs, sync: bool):
         t = self.step_count
+        if self.distributed is not None:
+            self.distributed.prepare(self.model, self.guide, args, kwargs)  # once: rank 0's state to all
+            self.distributed.before_step(self.model)
         self._beta.beta = self.kl_weight(t)
         update = self.is_update_step(t)
         if sync and not update:  # an update step checks in its one read from the device
@@ -323,6 +334,8 @@ class SSVI(SVI):
             trained = self._params(capture.trace)
         if not self._coverage_checked:
             self._check_coverage(watch.leaves, trained, args, kwargs)
+        if self.distributed is not None:  # every rank then sees the same loss and gradients
+            loss = self.distributed.average_gradients(trained, loss)
         if sync or not torch.is_tensor(loss):
             self._check_finite(loss, t, trained)
         else:  # recorded on the device; check_finite() looks at it
@@ -360,15 +373,20 @@ class SSVI(SVI):
         optimizer step. The scores are :mod:`pyro_ssvi.surgery_step`'s."""
         guide = self._scorer.guide(self._guide, self.sparse_guide)
         losses = []
-        for _ in range(self._scorer.draws_at_update):
-            with poutine.trace(param_only=True) as capture:
-                losses.append(self._surgery_loss_and_grads(self._model_sampled, guide, *args, **kwargs))
-            self._scorer.record()
-            # No optimizer step follows: the parameters' gradients are not needed.
-            zero_grads(self._params(capture.trace))
-            if self._torch_optim:
-                self.optim.zero_grad()
+        # Distributed: the same weight draws on every rank, as one process would draw for the global batch.
+        shared = self.distributed.shared_rng(t) if self.distributed else contextlib.nullcontext()
+        with shared:
+            for _ in range(self._scorer.draws_at_update):
+                with poutine.trace(param_only=True) as capture:
+                    losses.append(self._surgery_loss_and_grads(self._model_sampled, guide, *args, **kwargs))
+                self._scorer.record()
+                # No optimizer step follows: the parameters' gradients are not needed.
+                zero_grads(self._params(capture.trace))
+                if self._torch_optim:
+                    self.optim.zero_grad()
         loss, earlier_finite = self._read_update_loss(losses)
+        if self.distributed is not None:  # the global batch's loss: every rank decides alike below
+            loss = self.distributed.average_value(loss)
         if self._unchecked is not None:
             self._raise_if_not_finite(earlier_finite)
         if not math.isfinite(loss):
@@ -391,10 +409,13 @@ class SSVI(SVI):
     def apply_surgery(self, t: int, addition_scores: Dict[str, Tensor]) -> dict:
         """Drop/grow every sparse site given its addition scores (site name -> score of the
         site's shape); appends the record to ``surgery_log`` and returns it."""
+        reduce = self.distributed.average_ if self.distributed else None
         record = apply_surgery(
             self.sparse_guide, t, self.schedule, addition_scores, self.removal, self.sigma_init, self.variant,
-            self._state_lookup,
+            self._state_lookup, reduce_scores=reduce,
         )
+        if self.distributed is not None:
+            self.distributed.check_masks(self.sparse_guide, t)
         self.surgery_log.append(record)
         return record
 

@@ -57,6 +57,7 @@ from .training.best import (
     validate_epoch,
 )
 from .training.data import RunData, prepare_data, whole
+from .training.distributed import Ranks, check_distributed_config
 from .training.evaluation import (
     evaluate,
     predict_fixed,
@@ -120,6 +121,7 @@ def run(cfg: Union[DictConfig, Mapping[str, Any]], overrides: Optional[Sequence[
     """
     cfg = as_config(cfg)
     validate(cfg)
+    check_distributed_config(cfg)
     overrides = _hydra_overrides() if overrides is None else list(overrides)
     cfg, resume_state = resume_config(cfg, overrides)
     device = resolve_device(cfg.device)
@@ -132,22 +134,30 @@ def run(cfg: Union[DictConfig, Mapping[str, Any]], overrides: Optional[Sequence[
         torch.set_num_threads(int(cfg.cpu_threads))
     if device.type == "cuda":  # every step has the same shapes: let cuDNN pick its fastest kernels once
         torch.backends.cudnn.benchmark = True
+    ranks, device = Ranks.start(cfg, device)  # under torchrun: joins the process group
+    finished = False
     try:
-        return _train(cfg, resume_state, device, overrides or [])
+        if resume_state is not None:
+            ranks.check_resume(resume_state, cfg.resume)
+        final = _train(cfg, resume_state, device, overrides or [], ranks)
+        finished = True
+        return final
     finally:
+        ranks.close(finished)  # (already closed after training, unless it failed)
         torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = benchmark
 
 
-def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, overrides: List[str]) -> Dict[str, Any]:
+def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, overrides: List[str],
+           ranks: Ranks) -> Dict[str, Any]:
     start_time = time.perf_counter()
-    seed_everything(int(cfg.seed))
-    data = prepare_data(cfg, device)
+    seed_everything(int(cfg.seed))  # the same on every rank (rank 0's state is copied to all anyway)
+    data = prepare_data(cfg, device, ranks)
     info, loader = data.info, data.loader
     num_steps = int(cfg.train.epochs) * len(loader)
     _warn_about_schedule(cfg, num_steps)
 
-    model = build_model(cfg, info).to(device)
+    model = ranks.convert_sync_batchnorm(build_model(cfg, info).to(device), cfg, device)
     if data.channels_last:
         model = model.to(memory_format=torch.channels_last)
     guide = build_guide(cfg, model)
@@ -156,7 +166,7 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
         guide.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model, guide)
     scheduler = build_scheduler(cfg, optimizer, num_steps)
-    svi = build_svi(cfg, model, guide, optimizer, num_steps, info.num_data)
+    svi = build_svi(cfg, model, guide, optimizer, num_steps, info.num_data, distributed=ranks.sync)
     history: List[dict] = []
     start_epoch, elapsed_before = 0, 0.0
     sigma_start = sigma_snapshot(guide)
@@ -172,6 +182,13 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
         sigma_start = {k: v.to(device) for k, v in resume_state.get("sigma_start", sigma_start).items()}
         if best is not None and resume_state.get("best", {}).get("epoch") is not None:
             best.load_state_dict(resume_state["best"])
+        ranks.restore(resume_state, loader, cfg.resume)  # this rank's own loader and random state
+    else:
+        ranks.seed_rank_streams(int(cfg.seed))  # ranks > 0: their own noise from here on
+    if not ranks.is_main:  # rank 0 alone writes
+        parts = _Run(None, data, model, guide, optimizer, scheduler, svi, num_steps, history, start_epoch,
+                     elapsed_before, start_time, sigma_start, best, shift, ranks)
+        return _loop(cfg, device, parts)[0]
 
     run_dir = claim_run_dir(cfg)  # everything above could fail without leaving a trace
     out = run_dir.path
@@ -184,7 +201,7 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
         run_dir.discard_if_empty()
         raise
     parts = _Run(out, data, model, guide, optimizer, scheduler, svi, num_steps, history, start_epoch, elapsed_before,
-                 start_time, sigma_start, best, shift)
+                 start_time, sigma_start, best, shift, ranks)
     with run_log(out / "train.log") as log_file:
         if stale:
             log.info("removed %d temporary file(s) an interrupted write left in %s", len(stale), out)
@@ -200,7 +217,7 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
 class _Run:
     """What the training loop works on."""
 
-    out: Path
+    out: Optional[Path]  # None on ranks other than 0, which write nothing
     data: RunData
     model: Any
     guide: Any
@@ -215,6 +232,7 @@ class _Run:
     sigma_start: Dict[str, torch.Tensor]  # the guide's sigmas before training (posterior diagnostics)
     best: Optional[BestTracker]  # the best-validation epoch (data.val_size > 0), else None
     shift: Any  # eval.shift's ShiftSets, or None
+    ranks: Ranks  # this process among the training processes (one without torchrun)
 
 
 def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, Any], str]:
@@ -233,6 +251,7 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             "loader": data.loader.state_dict(), "rng": checkpoint.get_rng_state(), "history": history,
             "sigma_start": run.sigma_start,
             **({"best": run.best.state_dict()} if run.best is not None else {}),
+            **run.ranks.checkpoint_fields(data.loader),  # world size; every rank's loader and RNG
         }
 
     headline, headline_label = ("rmse", "RMSE") if data.regression else ("accuracy", "accuracy")  # per-epoch score
@@ -243,12 +262,13 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
     epochs, result, test_metrics = int(cfg.train.epochs), None, {}
     last_score = history[-1].get(f"test_{headline}") if history else None
     train_time = sum(r["epoch_time_s"] for r in history)
+    main = run.ranks.is_main  # ranks > 0 only train: no evaluation, no file
     with pyro.validation_enabled(False):  # validation checks cost time on every step
         for epoch in range(run.start_epoch + 1, epochs + 1):
             model.train()
             first_step, t0, loss_sum, n = svi.step_count, time.perf_counter(), 0.0, 0
             # disable=None: no bar when stderr is not a terminal (a log file gets the epoch lines).
-            bar = tqdm(data.loader, desc=f"epoch {epoch}/{epochs}", disable=None if cfg.progress else True,
+            bar = tqdm(data.loader, desc=f"epoch {epoch}/{epochs}", disable=None if cfg.progress and main else True,
                        leave=False, dynamic_ncols=True, mininterval=0.5)
             for x, y in bar:
                 with _autocast(cfg, device):
@@ -269,7 +289,7 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
             row = {"epoch": epoch, "step": svi.step_count, "train_loss": loss_sum / max(n, 1)}
-            if epoch % int(cfg.eval.every) == 0 or epoch == epochs:
+            if main and (epoch % int(cfg.eval.every) == 0 or epoch == epochs):
                 test_metrics, result = evaluate(model, guide, data, cfg, epoch)
                 last_score = round(test_metrics[headline], 4)
                 row.update({f"test_{k}": v for k, v in test_metrics.items()})
@@ -290,11 +310,13 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             history.append(row)
             every = int(cfg.checkpoint.every)
             save = epoch == epochs or (every and epoch % every == 0)
-            if save or "test_nll" in row:  # (rows of the other epochs come with the next write)
+            if main and (save or "test_nll" in row):  # (rows of the other epochs come with the next write)
                 _write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
             if save:
-                checkpoint.save(out / cfg.checkpoint.name, state(epoch))
-            if "test_nll" not in row and not save:
+                saved = state(epoch)  # on every rank: it gathers the ranks' loader and RNG states
+                if main:
+                    checkpoint.save(out / cfg.checkpoint.name, saved)
+            if not main or ("test_nll" not in row and not save):
                 continue
             score = row.get(f"test_{headline}")
             val = "" if "val_nll" not in row else (f", val {headline_label} {row[f'val_{headline}']:.4f} "
@@ -302,6 +324,9 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             log.info("epoch %d/%d: loss %.4f, test %s %s%s, %.0f examples/s", epoch, epochs, row["train_loss"],
                      headline_label, "-" if score is None else f"{score:.4f}", val, row["images_per_s"])
 
+    run.ranks.close()  # all ranks are done with each other; rank 0 evaluates and writes alone
+    if not main:
+        return {}, ""
     if result is None:  # resumed from a finished run: the last epoch's evaluation, reproduced
         test_metrics, result = evaluate(model, guide, data, cfg, epochs)
     if data.ood is not None:
@@ -322,6 +347,7 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
         **test_metrics, "density": guide.density(), "epochs": epochs, "steps": svi.step_count,
         "train_time_s": train_time, "elapsed_s": run.elapsed_before + time.perf_counter() - run.start_time,
         "device": str(device), "run_dir": str(out),
+        "world_size": run.ranks.world_size, "global_batch_size": int(cfg.train.batch_size),
         **training_flops(model, guide, svi, cfg, data.info, run.num_steps, device),
         "posterior_sigma_moved": posterior["moved"], "posterior_learned": posterior["learned"],
         "posterior": posterior["layers"],

@@ -1,6 +1,6 @@
 """Pyro effect handlers used by SSVI (one messenger per module, a lowercase handler for each)."""
 
-from .lrt import LRTMessenger, lrt
+from .lrt import LRTMessenger, lrt, lrt_noise
 from .mask_prior import MaskPriorMessenger, mask_prior
 from .scale_latents import ScaleLatentsMessenger, scale_latents
 from .skip_draws import DrawNeeded, SkipDrawsMessenger, SkippedDraw
@@ -17,6 +17,7 @@ __all__ = [
     "UseMeansMessenger",
     "UseValuesMessenger",
     "lrt",
+    "lrt_noise",
     "mask_prior",
     "scale_latents",
     "use_means",

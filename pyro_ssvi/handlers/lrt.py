@@ -11,6 +11,7 @@ nothing. Noise is independent per example, which lowers gradient variance.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Dict, Optional, Set, Tuple
 
 import torch
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
-__all__ = ["LRTMessenger", "lrt"]
+__all__ = ["LRTMessenger", "lrt", "lrt_noise"]
 
 # Floor on the output variance: d sqrt(v)/dv is infinite at v = 0, which a ReLU input of zeros
 # over a whole receptive field (or a fully masked row) would hit. clamp_min passes no gradient
@@ -43,6 +44,11 @@ class LRTMessenger(Messenger):
 
     ``consumed`` holds the names of the sites whose weight went through an op in the last run.
 
+    ``noise`` (a testing switch, True by default; see :func:`lrt_noise`): False returns the
+    output mean without the draw, which makes a step deterministic, e.g. to compare a
+    data-parallel run with a single-process one. It is not a method: sigma then learns nothing
+    from the likelihood.
+
     >>> from pyro_ssvi import models, MaskedAutoNormal
     >>> model = models.mlp([4, 8, 2])
     >>> guide = MaskedAutoNormal(model, sparsity=0.5)
@@ -53,6 +59,8 @@ class LRTMessenger(Messenger):
     >>> logits.shape
     torch.Size([3, 2])
     """
+
+    noise = True
 
     def __init__(self, guide, epsilon: float = 0.0) -> None:
         super().__init__()
@@ -125,6 +133,8 @@ class LRTMessenger(Messenger):
         else:
             b_mean, b_var = bias_moments
         mean = op(x, w_mean, b_mean, *config, **kwargs)
+        if not self.noise:
+            return mean
         var = op(x.square(), w_var, b_var, *config, **kwargs)
         # epsilon > 0 keeps var + epsilon away from 0 itself (and adds noise of variance
         # epsilon to every output); otherwise the floor only guards the gradient.
@@ -142,3 +152,15 @@ def lrt(fn=None, guide=None, epsilon: float = 0.0):
     """Handler form of :class:`LRTMessenger`: ``lrt(model, guide=guide)`` or ``with lrt(guide=guide):``."""
     msngr = LRTMessenger(guide, epsilon)
     return msngr(fn) if fn is not None else msngr
+
+
+@contextlib.contextmanager
+def lrt_noise(enabled: bool):
+    """Testing switch: inside ``with lrt_noise(False):`` every :class:`LRTMessenger` returns the
+    output mean, no noise (see its ``noise``); the previous setting comes back on exit."""
+    before = LRTMessenger.noise
+    LRTMessenger.noise = bool(enabled)
+    try:
+        yield
+    finally:
+        LRTMessenger.noise = before

@@ -22,6 +22,7 @@ from ..data import TABLES, DeviceLoader, TableLoader, load_dataset, load_table_s
 from ..data.tables import whole as whole_table
 from ..errors import SSVIConfigError
 from ..ood import ood_dataset
+from .distributed import Ranks
 
 __all__ = ["RunData", "load_data", "prepare_data", "split_validation"]
 
@@ -133,18 +134,23 @@ def _drop_last(cfg: DictConfig) -> bool:
     return bool(cfg.train.drop_last) or bool(cfg.train.cuda_graph)
 
 
-def prepare_data(cfg: DictConfig, device: torch.device) -> RunData:
-    """Load and check the data of ``cfg`` and build its loader (nothing is written)."""
+def prepare_data(cfg: DictConfig, device: torch.device, ranks: Optional[Ranks] = None) -> RunData:
+    """Load and check the data of ``cfg`` and build its loader (nothing is written).
+
+    With ``ranks`` of several processes the loader holds this rank's shard and gives local
+    batches of ``train.batch_size / world_size`` (:mod:`pyro_ssvi.training.distributed`)."""
+    ranks = ranks or Ranks()
     train, test = load_data(cfg)
     train, val = split_validation(train, cfg.data.val_size, int(cfg.seed))
     _check_against_data(cfg, train)
     regression = task_of(cfg) == "regression"
     # Built now so that a bad OOD set fails before training, not after it.
     ood = ood_dataset(cfg.eval.ood, test, cfg.eval.ood_root, int(cfg.seed)) if cfg.eval.ood else None
-    batch, seed = int(cfg.train.batch_size), int(cfg.seed) + 1
+    batch, seed = ranks.local_batch(int(cfg.train.batch_size)), ranks.loader_seed(int(cfg.seed) + 1)
+    shard = ranks.shard(train, int(cfg.seed) + 2)  # the training set itself in one process
     if regression:
         info = DataInfo(train.input_shape, 1, len(train), "regression")
-        loader = TableLoader(train, batch, device=device, shuffle=True, generator=seed, drop_last=_drop_last(cfg))
+        loader = TableLoader(shard, batch, device=device, shuffle=True, generator=seed, drop_last=_drop_last(cfg))
         normalization, channels_last = train.standardization, False
     else:
         info = DataInfo(train.image_shape, train.num_classes, len(train))
@@ -153,7 +159,7 @@ def prepare_data(cfg: DictConfig, device: torch.device) -> RunData:
         if problem:
             log.warning("train.channels_last=true is ignored: %s", problem)
             channels_last = False
-        loader = DeviceLoader(train, batch, device=device, shuffle=True, augment=bool(cfg.data.augment),
+        loader = DeviceLoader(shard, batch, device=device, shuffle=True, augment=bool(cfg.data.augment),
                               pad=int(cfg.data.pad), generator=seed, channels_last=channels_last,
                               drop_last=_drop_last(cfg))
         normalization = {"mean": list(train.mean), "std": list(train.std), "scale": train.scale}

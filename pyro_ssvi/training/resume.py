@@ -23,7 +23,8 @@ __all__ = ["RESUMABLE", "RESUME_KEYS", "RUNTIME", "resume_config", "touched_keys
 #: Keys that always come from this run's command line (where and how it runs, not what).
 RUNTIME = ("resume", "output_dir", "overwrite", "device", "progress", "cpu_threads")
 #: Keys a resumed run may take from the command line when asked to. Prefixes end with ".".
-RESUMABLE = RUNTIME + ("train.epochs", "train.loss_sync", "eval.", "checkpoint.every")
+RESUMABLE = RUNTIME + ("train.epochs", "train.loss_sync", "eval.", "checkpoint.every", "distributed.timeout_s",
+                       "distributed.check_masks")
 #: What a checkpoint must hold to be resumed from (besides checkpoint.REQUIRED).
 RESUME_KEYS = ("optimizer", "scheduler", "svi", "loader", "rng")
 
