@@ -146,14 +146,8 @@ class GraphedSteps:
         static_x.copy_(x)
         static_y.copy_(y)
         self._beta.fill_(svi.kl_weight())
-        # The recorded step ANDs its loss's finiteness into self._finite; SSVI.check_finite reads
-        # whatever svi._unchecked holds, so hand it this flag, carrying over eager steps' verdicts.
-        if svi._unchecked is None:
-            self._finite.fill_(True)
-            svi._unchecked = (self._finite, svi.step_count)
-        elif svi._unchecked[0] is not self._finite:
-            self._finite.copy_(svi._unchecked[0])
-            svi._unchecked = (self._finite, svi._unchecked[1])
+        # The recorded step ANDs its loss's finiteness into self._finite: SSVI's checks read it.
+        svi.finite.adopt(self._finite, svi.step_count)
         self._graph.replay()
         svi.step_count += 1
         return loss.clone()

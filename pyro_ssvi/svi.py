@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Dict, List, Optional, Set, Tuple, Union
+from typing import Dict, List, Optional, Set, Union
 
 import pyro.optim
 import torch
@@ -19,7 +19,8 @@ from torch import Tensor
 from . import estimators, params
 from .criteria import get_removal_criterion
 from .distributed import DistributedSync, resolve_distributed
-from .errors import NonFiniteLossError, SSVIConfigError
+from .errors import SSVIConfigError
+from .finite import FiniteLosses, non_finite_error
 from .handlers import (
     DrawNeeded,
     LRTMessenger,
@@ -192,8 +193,8 @@ class SSVI(SVI):
         self._needs_draws: Set[str] = set()
         self._skip = SkipDrawsMessenger(sparse_guide, self._needs_draws) if (lean and lrt) else None
         self._guide_lrt = self._beta(self._skip(guide)) if self._skip else self._guide
-        # step_async: (all losses finite so far, first unchecked step), on the device.
-        self._unchecked: Optional[Tuple[Tensor, int]] = None
+        # step_async's losses: finite or not, recorded on the device and read later.
+        self.finite = FiniteLosses()
 
     # ------------------------------------------------------------------ schedule
     def kl_weight(self, step: Optional[int] = None) -> float:
@@ -260,19 +261,7 @@ class SSVI(SVI):
     def check_finite(self) -> None:
         """Raise :class:`~pyro_ssvi.errors.NonFiniteLossError` if a loss of a :meth:`step_async`
         step since the last check was NaN or infinite (one device synchronization)."""
-        if self._unchecked is not None:
-            self._raise_if_not_finite(bool(self._unchecked[0]))
-
-    def _raise_if_not_finite(self, finite: bool) -> None:
-        """Forget the recorded finiteness of the async steps; raise if one was not finite."""
-        first = self._unchecked[1]
-        self._unchecked = None
-        if not finite:
-            raise NonFiniteLossError(
-                f"SSVI: a loss between steps {first} and {self.step_count - 1} was not finite, and the "
-                "parameters were updated since. Restart from the last checkpoint with a lower learning "
-                "rate, or use step(), which stops before the update."
-            )
+        self.finite.check(self.step_count)
 
     def _step(self, args, kwargs, sync: bool):
         t = self.step_count
@@ -339,9 +328,7 @@ class SSVI(SVI):
         if sync or not torch.is_tensor(loss):
             self._check_finite(loss, t, trained)
         else:  # recorded on the device; check_finite() looks at it
-            finite = torch.isfinite(loss)
-            first = t if self._unchecked is None else self._unchecked[1]
-            self._unchecked = (finite if self._unchecked is None else self._unchecked[0] & finite, first)
+            self.finite.record(loss, t)
         if self._torch_optim:
             self.optim.step()
             self.optim.zero_grad()
@@ -384,27 +371,15 @@ class SSVI(SVI):
                 zero_grads(self._params(capture.trace))
                 if self._torch_optim:
                     self.optim.zero_grad()
-        loss, earlier_finite = self._read_update_loss(losses)
+        loss, earlier_finite = self.finite.read_with(losses)
         if self.distributed is not None:  # the global batch's loss: every rank decides alike below
             loss = self.distributed.average_value(loss)
-        if self._unchecked is not None:
-            self._raise_if_not_finite(earlier_finite)
+        self.finite.settle(earlier_finite, self.step_count)
         if not math.isfinite(loss):
             self._scorer.take()  # discarded: they come from a non-finite loss
-            raise self._non_finite(loss, t)
+            raise non_finite_error(loss, t)
         self.apply_surgery(t, self._scorer.take())
         return loss
-
-    def _read_update_loss(self, losses) -> Tuple[float, bool]:
-        """``(mean loss, every step_async loss since the last check was finite)`` in one read from
-        the device (the update step's only one); Pyro's estimators return floats already."""
-        if not any(torch.is_tensor(v) for v in losses):
-            return sum(losses) / len(losses), self._unchecked is None or bool(self._unchecked[0])
-        values = [torch.stack(losses).double().mean()]
-        if self._unchecked is not None:
-            values.append(self._unchecked[0].double())
-        read = torch.stack(values).tolist()
-        return read[0], len(read) == 1 or read[1] == 1.0
 
     def apply_surgery(self, t: int, addition_scores: Dict[str, Tensor]) -> dict:
         """Drop/grow every sparse site given its addition scores (site name -> score of the
@@ -439,12 +414,5 @@ class SSVI(SVI):
             zero_grads(list(trained))
             if self._torch_optim:
                 self.optim.zero_grad()
-            raise self._non_finite(loss, t)
-
-    @staticmethod
-    def _non_finite(loss, t: int) -> NonFiniteLossError:
-        return NonFiniteLossError(
-            f"SSVI step {t}: the loss is {float(loss)}; no parameter or mask was changed. "
-            "Lower the learning rate, pass num_data=N for a per-datapoint loss, or check the data."
-        )
+            raise non_finite_error(loss, t)
 
