@@ -136,6 +136,7 @@ def run_one(data: str, epochs: int, settings: dict, seed: int) -> dict:
     from pyro_ssvi import SSVI, MaskedAutoNormal, models
     from pyro_ssvi.data import DeviceLoader
     from pyro_ssvi.diagnostics import posterior_diagnostics, sigma_snapshot
+    from pyro_ssvi.errors import NonFiniteLossError, NonFiniteOutputError
     from pyro_ssvi.metrics import classification_metrics
     from pyro_ssvi.predictive import predict
 
@@ -170,12 +171,12 @@ def run_one(data: str, epochs: int, settings: dict, seed: int) -> dict:
             for x, y in loader:
                 svi.step(x, y)
                 cosine.step()
-    except Exception as exc:  # a diverged cell is a result too, not the end of the grid
+        train_time = time.perf_counter() - t0
+        with torch.random.fork_rng():
+            torch.manual_seed(1_000_003 + seed)  # the same predictive draws for every cell of a seed
+            probs = predict(model, guide, test_x, num_samples=EVAL_SAMPLES).probs
+    except (NonFiniteLossError, NonFiniteOutputError) as exc:  # a diverged cell is a result, not the end of the grid
         return {**record, "error": f"{type(exc).__name__}: {exc}"[:500], "train_time_s": time.perf_counter() - t0}
-    train_time = time.perf_counter() - t0
-    with torch.random.fork_rng():
-        torch.manual_seed(1_000_003 + seed)  # the same predictive draws for every cell of a seed
-        probs = predict(model, guide, test_x, num_samples=EVAL_SAMPLES).probs
     metrics = classification_metrics(probs, test_y)
     return {
         **record, "accuracy": metrics["accuracy"], "nll": metrics["nll"], "ece": metrics["ece_top_label_l1_15bin"],
@@ -211,8 +212,9 @@ def run_grid(args, jobs: List[Tuple[dict, int]], records: List[dict], results_pa
     # Safe because the parent runs no torch op before this point, so no OpenMP pool exists yet.
     ctx = multiprocessing.get_context("fork")
     start, done = time.perf_counter(), 0
-    with cf.ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx, initializer=_worker_init) as pool:
-        futures = {pool.submit(run_one, args.data, args.epochs, s, seed): (s, seed) for s, seed in jobs}
+    pool = cf.ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx, initializer=_worker_init)
+    try:
+        futures = [pool.submit(run_one, args.data, args.epochs, s, seed) for s, seed in jobs]
         for fut in cf.as_completed(futures):
             rec = fut.result()
             records.append(rec)
@@ -221,6 +223,9 @@ def run_grid(args, jobs: List[Tuple[dict, int]], records: List[dict], results_pa
             status = rec.get("error") or f"acc {100 * rec['accuracy']:.2f}%, nll {rec['nll']:.3f}"
             print(f"[{done}/{len(jobs)} {time.perf_counter() - start:6.0f}s] seed {rec['seed']} "
                   f"{rec['key']}: {status} ({rec['train_time_s']:.0f}s)", flush=True)
+    finally:
+        # On an interrupt or error, drop the queued runs rather than wait for them (what finished is saved).
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
