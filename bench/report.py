@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional
 
 from pyro_ssvi.fileio import atomic_write
@@ -62,3 +63,11 @@ def format_table(report: dict) -> str:
 def write_json_atomic(path: str, obj: dict) -> None:
     """Write to a temporary file in the same directory, then rename: never a half-written file."""
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def append_jsonl(path: str, obj: dict) -> None:
+    """Append ``obj`` as one JSON line and flush it to disk: a later crash or kill keeps it."""
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

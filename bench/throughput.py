@@ -24,6 +24,7 @@ process CPU time per step is reported as well, and torch runs one intra-op threa
     python bench/throughput.py --device cpu --width 0.25 --batch 32 --out bench.json
     python bench/throughput.py --device cuda                      # paper: width 1, batch 128
     python bench/throughput.py --device cuda --batch 512 --channels-last --bf16
+    python bench/throughput.py --device cuda --rounds 1 --jsonl r.jsonl  # a line per configuration as it ends
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from report import CONFIGS, format_table, write_json_atomic  # noqa: E402  (bench/ is not a package)
+from report import CONFIGS, append_jsonl, format_table, write_json_atomic  # noqa: E402  (bench/ is not a package)
 from runners import (  # noqa: E402
     RunOptions,
     Runner,
@@ -166,8 +167,12 @@ def _turn(key, runner, r, per_round, args, device, normal, update, normal_cpu, p
         peak[key] = max(peak.get(key, 0), p)
 
 
-def time_runners(runners: Dict[str, Runner], args, device: torch.device) -> Dict[str, dict]:
-    """Warm each runner up, then time ``--steps`` steps each, interleaved over ``--rounds``."""
+def time_runners(runners: Dict[str, Runner], args, device: torch.device, on_result=None) -> Dict[str, dict]:
+    """Warm each runner up, then time ``--steps`` steps each, interleaved over ``--rounds``.
+
+    ``on_result(key, result)`` is called as soon as a configuration's last turn is done (or it
+    failed), so that a caller can keep each result even if a later configuration never ends.
+    """
     normal: Dict[str, List[float]] = {k: [] for k in runners}
     update: Dict[str, List[float]] = {k: [] for k in runners}
     # Process CPU time as well as wall time: on a shared CPU machine other tenants stretch wall
@@ -179,6 +184,7 @@ def time_runners(runners: Dict[str, Runner], args, device: torch.device) -> Dict
     peak: Dict[str, int] = {}
     per_round = max(1, math.ceil(args.steps / args.rounds))
     failed: Dict[str, str] = {}
+    results = {}
     for r in range(args.rounds):
         for key, runner in runners.items():
             if key in failed:
@@ -188,26 +194,31 @@ def time_runners(runners: Dict[str, Runner], args, device: torch.device) -> Dict
             except Exception as e:  # one broken configuration must not lose the others' numbers
                 failed[key] = f"{type(e).__name__}: {e}"[:500]
                 print(f"{CONFIGS[key]} failed: {failed[key]}", file=sys.stderr)
-    results = {}
-    for key in runners:
-        if key in failed:
-            results[key] = {"label": CONFIGS[key], "skipped": "failed: " + failed[key]}
-            continue
-        s = _stats_ms(normal[key])
-        res = {
-            "label": CONFIGS[key],
-            "step": s,
-            "images_per_s": args.batch / (s["median_ms"] / 1e3) if s["n"] else None,
-            "peak_memory_bytes": peak.get(key),
-            "peak_memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "process_peak_rss",
-            "notes": runners[key].notes,
-        }
-        if update[key]:
-            res["update_step"] = _stats_ms(update[key])
-        if device.type == "cpu":
-            res["step_process_cpu"] = _stats_ms(normal_cpu[key])
-        results[key] = res
-    return results
+            if r == args.rounds - 1 or key in failed:
+                results[key] = _summarize(key, runners, args, device, normal, update, normal_cpu, peak, failed)
+                if on_result is not None:
+                    on_result(key, results[key])
+    return {key: results[key] for key in runners}
+
+
+def _summarize(key, runners, args, device, normal, update, normal_cpu, peak, failed) -> dict:
+    """One configuration's entry of the report, from its recorded step times."""
+    if key in failed:
+        return {"label": CONFIGS[key], "skipped": "failed: " + failed[key]}
+    s = _stats_ms(normal[key])
+    res = {
+        "label": CONFIGS[key],
+        "step": s,
+        "images_per_s": args.batch / (s["median_ms"] / 1e3) if s["n"] else None,
+        "peak_memory_bytes": peak.get(key),
+        "peak_memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "process_peak_rss",
+        "notes": runners[key].notes,
+    }
+    if update[key]:
+        res["update_step"] = _stats_ms(update[key])
+    if device.type == "cpu":
+        res["step_process_cpu"] = _stats_ms(normal_cpu[key])
+    return res
 
 
 def pipelined_throughput(runners: Dict[str, Runner], results: Dict[str, dict], args, device) -> None:
@@ -296,6 +307,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help=".pt file with {'x', 'y'} instead of synthetic data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the report as JSON here (atomically)")
+    p.add_argument("--jsonl", default=None,
+                   help="append one JSON line per configuration as it finishes, then one with the whole report "
+                        "(a run cut short keeps what finished)")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.steps = args.steps or (100 if cuda else 30)
@@ -337,8 +351,15 @@ def main(argv=None) -> dict:
             runners[key] = builders[key]()
         except UnsupportedOption as e:
             skipped[key] = str(e)
+    stream = None
+    if args.jsonl:
+        setup = {k: getattr(args, k) for k in ("device", "width", "batch", "bf16", "channels_last", "library_options")}
+
+        def stream(key, res):
+            append_jsonl(args.jsonl, {"bench": setup, "config": key, "result": res})
+
     t0 = time.perf_counter()
-    results = time_runners(runners, args, device)
+    results = time_runners(runners, args, device, on_result=stream)
     pipelined_throughput(runners, results, args, device)
     for key, why in skipped.items():
         results[key] = {"label": CONFIGS[key], "skipped": why}
@@ -367,6 +388,8 @@ def main(argv=None) -> dict:
     print(format_table(report))
     if args.out:
         write_json_atomic(args.out, report)
+    if args.jsonl:
+        append_jsonl(args.jsonl, {"report": report})
     return report
 
 

@@ -17,8 +17,12 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from . import models
 from .guides import MaskedAutoNormal, init_to_normal
 from .svi import SSVI
+from .variant import Variant, get_variant
 
-__all__ = ["DataInfo", "build_guide", "build_model", "build_optimizer", "build_scheduler", "build_svi", "setup_guide"]
+__all__ = [
+    "DataInfo", "build_guide", "build_model", "build_optimizer", "build_scheduler", "build_svi", "method_variant",
+    "setup_guide",
+]
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,17 @@ def build_model(cfg: DictConfig, info: DataInfo) -> models.BayesianNetwork:
     )
 
 
+def method_variant(cfg: DictConfig) -> Variant:
+    """``method.variant`` (a preset name or a mapping of :class:`~pyro_ssvi.variant.Variant`
+    fields; the paper's when absent, as in configs written before it existed)."""
+    variant = cfg.method.get("variant", "paper")
+    if OmegaConf.is_config(variant):
+        variant = OmegaConf.to_container(variant, resolve=True)
+    return get_variant(variant)
+
+
 def build_guide(cfg: DictConfig, model) -> MaskedAutoNormal:
-    """A :class:`MaskedAutoNormal` at ``method.sparsity``; masks seeded from ``seed``."""
+    """A :class:`MaskedAutoNormal` at ``method.sparsity`` and ``method.variant``; masks seeded from ``seed``."""
     m = cfg.model
     init_scale = m.init_scale
     if OmegaConf.is_list(init_scale):
@@ -61,6 +74,7 @@ def build_guide(cfg: DictConfig, model) -> MaskedAutoNormal:
         init_loc_fn=init_to_normal(m.init_loc_std),
         init_scale=init_scale,
         seed=int(cfg.seed),
+        variant=method_variant(cfg),
     )
 
 
@@ -111,7 +125,8 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, num_steps
 
 
 def build_svi(cfg: DictConfig, model, guide, optimizer, num_steps: int, num_data: int) -> SSVI:
-    """SSVI with the ``method`` settings; the loss is per data point (``num_data`` = N)."""
+    """SSVI with the ``method`` settings (``method.variant`` is the guide's, see :func:`build_guide`);
+    the loss is per data point (``num_data`` = N)."""
     m = cfg.method
     loss = TraceMeanField_ELBO() if m.loss == "mean_field" else Trace_ELBO()
     sigma_init = m.sigma_init if m.sigma_init == "mean" else float(m.sigma_init)
@@ -124,6 +139,8 @@ def build_svi(cfg: DictConfig, model, guide, optimizer, num_steps: int, num_data
         removal=m.removal,
         removal_lambda=m.removal_lambda,
         addition=m.addition,
+        addition_samples=int(m.get("addition_samples", 4)),
+        addition_window=m.get("addition_window", "batch"),
         sigma_init=sigma_init,
         kl_max=float(m.kl_max),
         kl_warmup=float(m.kl_warmup),

@@ -20,14 +20,17 @@ from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, T
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .corruptions import CORRUPTIONS, FAMILIES
 from .criteria import ADDITION_CRITERIA, REMOVAL_CRITERIA
+from .surgery_step import ADDITION_WINDOWS
+from .variant import get_variant
 from .data import DATASETS, TABLES
 from .ood import OOD_SETS
 from .errors import SSVIConfigError
 
 __all__ = [
-    "CONFIG_DIR", "CPU_CHANNELS_LAST", "MODELS", "TASKS", "as_config", "channels_last_problem", "compose",
-    "flat_items", "flat_values", "resolve_device", "task_of", "validate",
+    "BEST_NAME", "BEST_ON", "CONFIG_DIR", "CPU_CHANNELS_LAST", "MODELS", "TASKS", "as_config", "channels_last_problem",
+    "compose", "flat_items", "flat_values", "resolve_device", "shift_corruptions", "task_of", "validate",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -103,6 +106,11 @@ def channels_last_problem(device: torch.device) -> Optional[str]:
     return CPU_CHANNELS_LAST if device.type == "cpu" else None
 
 
+#: What ``checkpoint.best_on`` may name (validation metrics only: never the test set's).
+BEST_ON = ("val_nll", "val_accuracy")
+#: The name of the best-validation checkpoint in a run directory.
+BEST_NAME = "best.pt"
+
 #: Keys that must be true or false (a string such as "maybe" would otherwise read as true).
 BOOLEAN_KEYS = ("progress", "overwrite", "train.channels_last", "method.lrt", "data.augment", "data.download")
 #: Files of a run directory that a checkpoint must not be named after.
@@ -115,6 +123,68 @@ TASKS = ("classification", "regression")
 def task_of(cfg: DictConfig) -> str:
     """``task``, or the data set's own (``data.task``) when null."""
     return cfg.task if cfg.task is not None else cfg.data.task
+
+
+def _check_validation(cfg: DictConfig) -> None:
+    """``data.val_size`` (a count, a fraction or 0) and ``checkpoint.best_on``; the size against
+    the data is checked when the data are loaded."""
+    size = _get(cfg, "data.val_size")
+    if isinstance(size, bool) or not (
+        (isinstance(size, int) and size >= 0) or (isinstance(size, float) and 0 <= size < 1)
+    ):
+        raise SSVIConfigError(
+            f"data.val_size={size!r} is not allowed; expected an integer count >= 0 (e.g. 300), a fraction in "
+            "(0, 1) (e.g. 0.1) or 0 for no validation split"
+        )
+    _choice(cfg, "checkpoint.best_on", BEST_ON)
+    if cfg.checkpoint.best_on == "val_accuracy" and task_of(cfg) == "regression":
+        raise SSVIConfigError("checkpoint.best_on=val_accuracy is for classifiers; a regression takes val_nll")
+
+
+def shift_corruptions(spec) -> Tuple[str, ...]:
+    """The corruption names ``eval.shift`` asks for (``all``, families, names, or a list of them),
+    in :data:`~pyro_ssvi.corruptions.CORRUPTIONS` order; ``()`` for null.
+
+    :raises SSVIConfigError: a name that is neither a corruption nor a family, or an empty list.
+    """
+    if spec is None:
+        return ()
+    if isinstance(spec, str):
+        items = [spec]
+    else:
+        items = list(spec) if OmegaConf.is_list(spec) or isinstance(spec, (list, tuple)) else []
+    if not items:
+        raise SSVIConfigError(
+            f"eval.shift={spec!r} is not allowed; expected null, all, a family ({', '.join(FAMILIES)}), a corruption "
+            "or a list of those"
+        )
+    chosen = set()
+    for item in items:
+        if item == "all":
+            chosen.update(CORRUPTIONS)
+        elif item in FAMILIES:
+            chosen.update(FAMILIES[item])
+        elif item in CORRUPTIONS:
+            chosen.add(item)
+        else:
+            raise SSVIConfigError(
+                f"eval.shift: unknown corruption {item!r}; expected all, a family ({', '.join(FAMILIES)}) or one of "
+                f"{', '.join(CORRUPTIONS)}"
+            )
+    return tuple(name for name in CORRUPTIONS if name in chosen)
+
+
+def _check_shift(cfg: DictConfig) -> None:
+    names = shift_corruptions(_get(cfg, "eval.shift"))
+    severities = _get(cfg, "eval.shift_severities")
+    if not (OmegaConf.is_list(severities) and len(severities) > 0 and all(
+            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 5 for s in severities)):
+        raise SSVIConfigError(
+            f"eval.shift_severities={severities!r} is not allowed; expected a non-empty list of integers 1-5"
+        )
+    _number(cfg, "eval.shift_limit", low=1, integer=True, none_ok=True)
+    if names and task_of(cfg) == "regression":
+        raise SSVIConfigError("eval.shift corrupts images; set eval.shift=null for a regression")
 
 
 def _check_task(cfg: DictConfig) -> None:
@@ -222,6 +292,28 @@ def _number(cfg: DictConfig, key: str, *, low: float, high: float = float("inf")
         raise SSVIConfigError(f"{key}={value!r} is not allowed; expected {what} in {lo}, {hi}{extra}")
 
 
+def _check_addition_and_variant(cfg: DictConfig) -> None:
+    """``method.addition_samples``, ``addition_window`` and ``variant``; configs written before
+    they existed lack them (the defaults apply)."""
+    method = cfg.method
+    if "addition_samples" in method:
+        _number(cfg, "method.addition_samples", low=1, integer=True)
+    if "addition_window" in method:
+        _choice(cfg, "method.addition_window", ADDITION_WINDOWS)
+        if method.addition_window == "recent" and method.get("addition_samples", 4) > method.update_interval:
+            raise SSVIConfigError(
+                f"method.addition_window=recent averages over the method.addition_samples="
+                f"{method.get('addition_samples', 4)} most recent minibatches before an update, which must be <= "
+                f"method.update_interval={method.update_interval}"
+            )
+    if "variant" in method:
+        variant = method.variant
+        try:
+            get_variant(OmegaConf.to_container(variant) if OmegaConf.is_config(variant) else variant)
+        except SSVIConfigError as exc:
+            raise SSVIConfigError(f"method.variant={variant!r}: {exc}") from None
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`SSVIConfigError` naming the first bad key and its allowed values.
 
@@ -265,6 +357,7 @@ def validate(cfg: DictConfig) -> None:
             f"{cfg.method.removal!r}: set method.removal_lambda=null or pick an exp criterion"
         )
     _choice(cfg, "method.addition", ADDITION_CRITERIA)
+    _check_addition_and_variant(cfg)
     sigma_init = _get(cfg, "method.sigma_init")
     if sigma_init != "mean":
         _number(cfg, "method.sigma_init", low=0, low_open=True)
@@ -311,13 +404,15 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and not (isinstance(value, str) and value.strip()):
             raise SSVIConfigError(f"{key}={value!r} is not allowed; expected a path or null")
     _number(cfg, "eval.every", low=1, integer=True)
+    _check_validation(cfg)
+    _check_shift(cfg)
     _number(cfg, "checkpoint.every", low=0, integer=True)
     name = _get(cfg, "checkpoint.name")
     if (not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name
-            or name in RESERVED_NAMES):
+            or name in RESERVED_NAMES + (BEST_NAME,)):
         raise SSVIConfigError(
             f"checkpoint.name={name!r} is not allowed; expected a plain file name such as checkpoint.pt (not "
-            f"hidden, no '/', none of {', '.join(RESERVED_NAMES)})"
+            f"hidden, no '/', none of {', '.join(RESERVED_NAMES + (BEST_NAME,))})"
         )
     resume = _get(cfg, "resume")
     if resume is not None and not Path(str(resume)).is_file():

@@ -14,7 +14,12 @@ which no large terms cancel. All scores are finite and accurate to a few ulps (f
 saturations: ``mean_exp_abs`` clamps at ~``finfo.max`` and ``snr_exp_abs`` underflows to 0 for large
 ``lam * sigma``; their logs, ``log_mean_exp_abs`` and ``log_snr_exp_abs``, never saturate.
 
-The addition criteria (gradient based) are computed elsewhere; only their names live here.
+The addition criteria (gradient based) are computed in :mod:`pyro_ssvi.surgery_step`; only their
+names live here.
+
+Not offered: the SSVI authors' float32 SNR(exp(|theta|)) code, which returns NaN for some
+entries (its naive moments cancel or overflow); :func:`snr_exp_abs` is the stable form of the
+same criterion (see ``docs/fidelity.md``).
 """
 from __future__ import annotations
 
@@ -218,7 +223,10 @@ REMOVAL_CRITERIA: dict[str, RemovalCriterion] = {
     "snr_exp_abs": snr_exp_abs,
 }
 _LAM_CRITERIA = ("mean_exp_abs", "snr_exp_abs")
-ADDITION_CRITERIA: tuple[str, ...] = ("grad", "grad_mean", "grad_mc")
+#: Addition criteria (computed by :mod:`pyro_ssvi.surgery_step`): ``grad`` |dL/dtheta| at one draw,
+#: ``grad_mean`` at theta = E_q theta, ``grad_mc`` the paper's mean of |dL/dtheta| over K
+#: (theta, x) pairs, ``grad_mc_mean`` |mean dL/dtheta| over them.
+ADDITION_CRITERIA: tuple[str, ...] = ("grad", "grad_mean", "grad_mc", "grad_mc_mean")
 
 
 def _unknown(kind: str, name: object, known: tuple[str, ...] | list[str], arg: str) -> SSVIConfigError:

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from .fileio import atomic_write
 
-__all__ = ["plot_density", "plot_learning_curves", "plot_posterior", "plot_regression", "run_title"]
+__all__ = ["plot_density", "plot_learning_curves", "plot_posterior", "plot_regression", "plot_shift", "run_title"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,11 +59,38 @@ def plot_learning_curves(rows: Sequence[dict], path: PathLike, title: Optional[s
     for i, (key, label) in enumerate(panels):
         ax = fig.add_subplot(2, 2, i + 1)
         x, y = _series(rows, key)
-        ax.plot(x, y, marker="o" if len(x) <= 100 else None, markersize=3)
-        ax.set(xlabel="epoch", ylabel=label)
+        ax.plot(x, y, marker="o" if len(x) <= 100 else None, markersize=3, label="test")
+        vx, vy = _series(rows, "val_" + key[len("test_"):]) if key.startswith("test_") else ([], [])
+        if vx:  # data.val_size > 0: the validation split beside the test set
+            ax.plot(vx, vy, marker="s" if len(vx) <= 100 else None, markersize=3, label="validation")
+            ax.legend(fontsize=8)
+        ax.set(xlabel="epoch", ylabel=label.replace("test ", "") if vx else label)
         _epoch_axis(ax)
         ax.grid(alpha=0.3)
     return _save(fig, path, title)
+
+
+def plot_shift(shift: Dict, path: PathLike, title: Optional[str] = None) -> str:
+    """Accuracy and ECE (15 bins, top label) against corruption severity (0: clean), one thin line
+    per corruption and the mean over corruptions in black (``shift`` as
+    :func:`pyro_ssvi.training.shift.shift_metrics` returns it); returns ``path``."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5), dpi=100)
+    panels = fig.subplots(1, 2)
+    severities = [0] + list(shift["severities"])
+    keys = (("accuracy", "accuracy"), ("ece_top_label_l1_15bin", "ECE (15 bins, top label, L1)"))
+    for ax, (key, label) in zip(panels, keys):
+        for i, (name, by_severity) in enumerate(shift["corruptions"].items()):
+            values = [shift["clean"][key]] + [by_severity[str(s)][key] for s in shift["severities"]]
+            ax.plot(severities, values, marker=".", linewidth=1, alpha=0.8, label=name, color=colormaps["tab20"](i % 20))
+        ax.plot(severities, [shift["mean"][str(s)][key] for s in severities], "k-o", linewidth=2.5, label="mean")
+        ax.set(xlabel="severity (0: clean test set)", ylabel=label, xticks=severities)
+        ax.grid(alpha=0.3)
+    panels[1].legend(fontsize=7, ncol=2)
+    return _save(fig, path, (f"{title}\n" if title else "") + f"distribution shift: {shift['images']} test images, "
+                 "CIFAR-10-C-style corruptions (not the official files)")
 
 
 def plot_density(rows: Sequence[dict], path: PathLike, title: Optional[str] = None) -> str:

@@ -4,7 +4,8 @@ For each sparse site: the ``k`` active entries with the lowest removal score bec
 the ``k`` previously inactive entries with the highest addition score become active. Removed
 entries are zeroed (loc = 0); regrown ones start at loc = 0 and sigma = ``sigma_init``; the
 optimizer state (momentum, Adam moments) of both is zeroed in place. All of it is vectorized
-(one ``topk`` per site), with no host synchronization.
+(one ``topk`` per site), with no host synchronization. ``regrow_removed`` and
+``sigma_init="mean_rho"`` are the authors' code's choices (:mod:`pyro_ssvi.variant`).
 """
 
 from __future__ import annotations
@@ -22,18 +23,25 @@ __all__ = ["select_drop_grow", "update_site", "optimizer_state_lookup", "zero_op
 StateLookup = Callable[[Tensor], Optional[dict]]
 
 
-def select_drop_grow(mask: Tensor, removal_score: Tensor, addition_score: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+def select_drop_grow(
+    mask: Tensor, removal_score: Tensor, addition_score: Tensor, k: int, regrow_removed: bool = False
+) -> Tuple[Tensor, Tensor]:
     """Flat indices ``(removed [k], added [k])``.
 
     Removed: the ``k`` lowest ``removal_score`` among active entries. Added: the ``k`` highest
-    ``addition_score`` among entries inactive *before* the update (a just-removed entry cannot
-    come straight back, so exactly ``k`` entries leave and ``k`` different ones arrive).
-    Requires ``k <= active`` and ``k <= inactive``. All inputs share ``mask``'s shape.
+    ``addition_score`` among entries inactive *before* the update (the paper: a just-removed
+    entry cannot come straight back, so exactly ``k`` entries leave and ``k`` different ones
+    arrive); with ``regrow_removed`` (the authors' code) among the entries inactive *after* the
+    removal, so an index may be in both. Requires ``k <= active`` and, without
+    ``regrow_removed``, ``k <= inactive``. All inputs share ``mask``'s shape.
     """
     flat_mask = mask.reshape(-1)
     inf = torch.finfo(removal_score.dtype).max
     removal = removal_score.reshape(-1).masked_fill(~flat_mask, inf)
     removed = torch.topk(removal, k, largest=False, sorted=False).indices
+    if regrow_removed:
+        flat_mask = flat_mask.clone()
+        flat_mask[removed] = False
     addition = addition_score.reshape(-1).to(removal.dtype).masked_fill(flat_mask, -inf)
     added = torch.topk(addition, k, largest=True, sorted=False).indices
     return removed, added
@@ -49,37 +57,67 @@ def update_site(
     k: int,
     sigma_init: Union[str, float] = "mean",
     state_lookup: Optional[StateLookup] = None,
+    regrow_removed: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """Apply one drop/grow of ``k`` entries to a site in place; returns ``(removed, added)``.
 
-    ``sigma_init="mean"`` gives regrown entries the mean sigma of the entries that stay active
-    (the active set at the moment of regrowth); a float gives them that sigma.
+    Regrown sigma: ``sigma_init="mean"`` gives regrown entries the mean sigma of the entries that
+    stay active (the active set at the moment of regrowth), ``"mean_rho"`` gives them
+    ``softplus`` of those entries' mean rho (the authors' code), a float gives them that sigma.
+    ``regrow_removed``: see :func:`select_drop_grow`; an entry removed and regrown at once is
+    left as it was (mu, rho and optimizer state), as in the authors' code.
     """
-    removed, added = select_drop_grow(mask, removal_score, addition_score, k)
+    removed, added = select_drop_grow(mask, removal_score, addition_score, k, regrow_removed)
     removed_at, added_at = _unravel(removed, mask.shape), _unravel(added, mask.shape)
-    if sigma_init == "mean":
-        # Mean over the entries that stay active; if every active entry is replaced (k ==
-        # active), over the entries active before the update. No host sync either way.
-        sigma_all = F.softplus(rho)
-        before = mask.to(rho.dtype)
-        mask[removed_at] = False
-        kept = mask.to(rho.dtype)
-        kept_count = kept.sum()
-        sigma = torch.where(
-            kept_count > 0, (sigma_all * kept).sum() / kept_count.clamp_min(1), (sigma_all * before).sum() / before.sum()
-        )
+    before = mask.to(rho.dtype)
+    mask[removed_at] = False
+    sigma = _regrown_sigma(rho, before, mask.to(rho.dtype), sigma_init)
+    if regrow_removed:
+        # Fixed-size [k] flags, so no host sync: which removed entries come back, which added
+        # ones were just removed. Those keep their values; the rest are reset as usual.
+        back = mask.new_zeros(mask.numel())
+        back[added] = True
+        removed_back = back[removed]
+        back.zero_()
+        back[removed] = True
+        added_back = back[added]
     else:
-        mask[removed_at] = False
-        sigma = torch.tensor(float(sigma_init), dtype=rho.dtype, device=rho.device)
-    loc[removed_at] = 0.0
-    loc[added_at] = 0.0
-    rho[added_at] = softplus_inverse(sigma)
+        removed_back = added_back = None
+    _set(loc, removed_at, 0.0, removed_back)
+    _set(loc, added_at, 0.0, added_back)
+    _set(rho, added_at, softplus_inverse(sigma), added_back)
     mask[added_at] = True
     if state_lookup is not None:
-        changed = _unravel(torch.cat([removed, added]), mask.shape)
         for param in (loc, rho):
-            zero_optimizer_state(state_lookup(param), param, changed)
+            state = state_lookup(param)
+            zero_optimizer_state(state, param, removed_at, removed_back)
+            zero_optimizer_state(state, param, added_at, added_back)
     return removed, added
+
+
+def _regrown_sigma(rho: Tensor, before: Tensor, kept: Tensor, sigma_init: Union[str, float]) -> Tensor:
+    """0-dim sigma of regrown entries; ``before``/``kept``: 0/1 masks before and after removal.
+
+    Mean over the kept entries; if every active entry is replaced (none kept), over those
+    active before the update. No host sync either way.
+    """
+    if sigma_init not in ("mean", "mean_rho"):
+        return torch.tensor(float(sigma_init), dtype=rho.dtype, device=rho.device)
+    # softplus(mean rho) <= mean softplus(rho) (convexity): the two differ when sigmas vary.
+    values = F.softplus(rho) if sigma_init == "mean" else rho
+    kept_count = kept.sum()
+    mean = torch.where(
+        kept_count > 0, (values * kept).sum() / kept_count.clamp_min(1), (values * before).sum() / before.sum()
+    )
+    return mean if sigma_init == "mean" else F.softplus(mean)
+
+
+def _set(param: Tensor, index: Tuple[Tensor, ...], value, keep: Optional[Tensor]) -> None:
+    """``param[index] = value``, except where the [k] bool ``keep`` is True (None: nowhere)."""
+    if keep is None:
+        param[index] = value
+    else:
+        param[index] = torch.where(keep, param[index], value)
 
 
 def _unravel(flat_index: Tensor, shape: torch.Size) -> Tuple[Tensor, ...]:
@@ -88,15 +126,18 @@ def _unravel(flat_index: Tensor, shape: torch.Size) -> Tuple[Tensor, ...]:
     return torch.unravel_index(flat_index, shape)
 
 
-def zero_optimizer_state(state: Optional[dict], param: Tensor, index: Tuple[Tensor, ...]) -> None:
+def zero_optimizer_state(
+    state: Optional[dict], param: Tensor, index: Tuple[Tensor, ...], keep: Optional[Tensor] = None
+) -> None:
     """Zero, in place, every per-entry state tensor of ``param`` (momentum, moments) at ``index``
-    (a tuple of per-dimension index tensors). Scalar entries (Adam's ``step``) are left alone.
+    (a tuple of per-dimension index tensors), except where the bool ``keep`` (one flag per index)
+    is True. Scalar entries (Adam's ``step``) are left alone.
     """
     if not state:
         return
     for value in state.values():
         if torch.is_tensor(value) and value.shape == param.shape:
-            value[index] = 0
+            _set(value, index, 0, keep)
 
 
 def optimizer_state_lookup(optim) -> StateLookup:

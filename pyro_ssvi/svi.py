@@ -9,7 +9,6 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 
 import pyro.optim
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import SVI
 from pyro.infer.abstract_infer import TracePosterior
@@ -18,20 +17,20 @@ from pyro.infer.util import zero_grads
 from torch import Tensor
 
 from . import estimators, params
-from .criteria import check_addition_criterion, get_removal_criterion
+from .criteria import get_removal_criterion
 from .errors import NonFiniteLossError, SSVIConfigError
 from .handlers import (
     DrawNeeded,
     LRTMessenger,
     MaskPriorMessenger,
-    RetainWeightGradsMessenger,
     ScaleLatentsMessenger,
     SkipDrawsMessenger,
-    UseMeansMessenger,
 )
 from .leaves import BackwardLeaves, untrained_message
 from .schedule import PAPER_RECIPE, SurgerySchedule, kl_weight
-from .surgery import optimizer_state_lookup, update_site
+from .surgery import optimizer_state_lookup
+from .surgery_step import AdditionScorer, apply_surgery
+from .variant import VariantLike, resolve_variant
 from .wiring import sparse_part, unused_optim_state, with_point_estimates
 
 __all__ = ["PAPER_RECIPE", "SSVI"]
@@ -74,9 +73,18 @@ class SSVI(SVI):
     :param update_end: fraction of ``num_steps`` (float) or step (int) after which masks stay.
     :param removal: removal criterion name (:data:`pyro_ssvi.criteria.REMOVAL_CRITERIA`).
     :param removal_lambda: λ of ``mean_exp_abs`` / ``snr_exp_abs`` (eq. 8; default 1).
-    :param addition: ``"grad"`` (|dL/dtheta| at one draw), ``"grad_mean"`` (at theta = mu) or
-        ``"grad_mc"`` (|mean gradient| over ``addition_samples`` draws).
+    :param addition: ``"grad"`` (|dL/dtheta| at one draw), ``"grad_mean"`` (at theta = E_q theta,
+        every latent at its mean), ``"grad_mc"`` (the paper: mean of |dL/dtheta| over
+        ``addition_samples`` (theta, x) pairs) or ``"grad_mc_mean"`` (|mean dL/dtheta| over them);
+        see :mod:`pyro_ssvi.surgery_step`.
+    :param addition_samples: K of ``grad_mc`` / ``grad_mc_mean``.
+    :param addition_window: ``"batch"`` (K draws on the update step's minibatch) or ``"recent"``
+        (one draw on each of the K most recent minibatches; ``K <= update_interval``).
     :param sigma_init: sigma of regrown entries: ``"mean"`` (the site's mean active sigma) or a float.
+    :param variant: implementation choices, ``"paper"`` or ``"authors"``, a
+        :class:`~pyro_ssvi.variant.Variant` or a dict of its fields (see ``docs/fidelity.md``);
+        None: the guide's ``variant`` (whose ``initial_active`` the guide has already applied, so
+        any other variant given here must agree with it on that field).
     :param kl_max: final KL weight beta (1.0: the exact ELBO; the paper's code: 0.01).
     :param kl_warmup: fraction of ``num_steps`` over which beta rises linearly from 0 (0: none).
     :param num_data: data-set size N; if given the loss is divided by it (per-datapoint loss,
@@ -101,11 +109,13 @@ class SSVI(SVI):
         removal_lambda: Optional[float] = None,
         addition: str = "grad",
         addition_samples: int = 4,
+        addition_window: str = "batch",
         sigma_init: Union[str, float] = "mean",
         kl_max: float = 1.0,
         kl_warmup: float = 0.0,
         num_data: Optional[int] = None,
         lrt: bool = True,
+        variant: VariantLike = None,
     ) -> None:
         if not isinstance(loss, ELBO):
             raise SSVIConfigError(f"loss must be a Pyro ELBO such as Trace_ELBO(), got {type(loss).__name__}")
@@ -124,8 +134,7 @@ class SSVI(SVI):
             raise SSVIConfigError(f"kl_warmup must be a fraction of num_steps in [0, 1], got {kl_warmup!r}")
         if num_data is not None and (not isinstance(num_data, int) or num_data < 1):
             raise SSVIConfigError(f"num_data must be a positive int (the data-set size) or None, got {num_data!r}")
-        if not isinstance(addition_samples, int) or addition_samples < 1:
-            raise SSVIConfigError(f"addition_samples must be an int >= 1, got {addition_samples!r}")
+        self.variant = resolve_variant(variant, getattr(sparse_guide, "variant", None))
         # SVI.__init__ insists on a PyroOptim; set up the same attributes without it.
         TracePosterior.__init__(self)
         self.model, self.guide, self.optim = model, guide, optim
@@ -146,8 +155,8 @@ class SSVI(SVI):
         self.num_steps = num_steps
         self.schedule = SurgerySchedule(update_interval, drop_fraction, update_end, num_steps)
         self.removal = get_removal_criterion(removal, lam=removal_lambda)
-        self.addition = check_addition_criterion(addition)
-        self.addition_samples = addition_samples if addition == "grad_mc" else 1
+        self._scorer = AdditionScorer(addition, addition_samples, addition_window, update_interval)
+        self.addition, self.addition_samples = addition, self._scorer.samples
         self.sigma_init = sigma_init
         self.kl_max, self.kl_warmup = float(kl_max), float(kl_warmup)
         self.num_data = num_data
@@ -163,7 +172,7 @@ class SSVI(SVI):
         # One messenger instance each, reused every step; model and guide run one after the other.
         self._beta = ScaleLatentsMessenger(1.0)
         normalize = poutine.scale(scale=1.0 / num_data) if num_data else (lambda fn: fn)
-        self._lrt = LRTMessenger(sparse_guide)
+        self._lrt = LRTMessenger(sparse_guide, self.variant.lrt_epsilon)
         self._model_sampled = normalize(self._beta(MaskPriorMessenger(sparse_guide)(model)))
         self._model_lrt = normalize(self._beta(MaskPriorMessenger(sparse_guide)(self._lrt(model))))
         self._guide = normalize(self._beta(guide))
@@ -273,12 +282,13 @@ class SSVI(SVI):
             model = self._model_lrt if self.use_lrt else self._model_sampled
             return float(self.loss(model, self._guide, *args, **kwargs))
 
-    def _loss_with_draws(self, model, guide, args, kwargs):
+    def _loss_with_draws(self, model, guide, args, kwargs, loss_and_grads=None):
         """``loss_and_grads``, re-run with a site drawn whenever its skipped draw was used (a
         skipped draw fails before any backward, so no gradient is doubled)."""
+        loss_and_grads = loss_and_grads or self.loss_and_grads
         while True:
             try:
-                return self.loss_and_grads(model, guide, *args, **kwargs)
+                return loss_and_grads(model, guide, *args, **kwargs)
             except DrawNeeded as exc:
                 if exc.site in self._needs_draws:
                     raise
@@ -286,13 +296,21 @@ class SSVI(SVI):
 
     def _gradient_step(self, t: int, args, kwargs, sync: bool = True):
         model, guide = (self._model_lrt, self._guide_lrt) if self.use_lrt else (self._model_sampled, self._guide)
+        loss_and_grads = None
+        # addition_window="recent": this step's (theta, x) pair is one of the next update's K.
+        record = self._scorer.records_at(t, self.is_update_step)
+        if record:
+            model, guide = self._model_sampled, self._scorer.guide(self._guide, self.sparse_guide)
+            loss_and_grads = self._surgery_loss_and_grads
         watch = BackwardLeaves() if not self._coverage_checked else contextlib.nullcontext()
         with contextlib.ExitStack() as stack:
             if self._quiet:
                 stack.enter_context(params.quiet())
             capture = None if self._torch_optim else stack.enter_context(poutine.trace(param_only=True))
             stack.enter_context(watch)
-            loss = self._loss_with_draws(model, guide, args, kwargs)
+            loss = self._loss_with_draws(model, guide, args, kwargs, loss_and_grads)
+        if record:
+            self._scorer.record()
         if self._torch_optim:
             trained = [p for group in self.optim.param_groups for p in group["params"]]
         else:
@@ -333,48 +351,31 @@ class SSVI(SVI):
             warnings.warn(message, stacklevel=4)
 
     def _surgery_step(self, t: int, args, kwargs) -> float:
-        """Loss and dense weight gradients at sampled (or mean) weights, then drop/grow; no optimizer step."""
-        sparse = [name for name, info in self.sparse_guide.sites.items() if info.sparse]
-        retain = RetainWeightGradsMessenger(sparse)
-        guide = retain(self._guide)
-        if self.addition == "grad_mean":
-            guide = UseMeansMessenger(sparse)(guide)
-        total_loss, grad_sums = 0.0, {}
-        for _ in range(self.addition_samples):
+        """Loss and dense weight gradients at sampled (or mean) weights, then drop/grow; no
+        optimizer step. The scores are :mod:`pyro_ssvi.surgery_step`'s."""
+        guide = self._scorer.guide(self._guide, self.sparse_guide)
+        total_loss, draws = 0.0, self._scorer.draws_at_update
+        for _ in range(draws):
             with poutine.trace(param_only=True) as capture:
                 loss = float(self._surgery_loss_and_grads(self._model_sampled, guide, *args, **kwargs))
             trained = self._params(capture.trace)
             self._check_finite(loss, t, trained)
             total_loss += loss
-            for name, value in retain.values.items():
-                grad = value.grad if value.grad is not None else torch.zeros_like(value)
-                grad_sums[name] = grad_sums.get(name, 0) + grad.detach()
-        zero_grads(trained)
-        if self._torch_optim:
-            self.optim.zero_grad()
-        scores = {name: (g / self.addition_samples).abs() for name, g in grad_sums.items()}
-        self.apply_surgery(t, scores)
-        return total_loss / self.addition_samples
+            self._scorer.record()
+            # No optimizer step follows: the parameters' gradients are not needed.
+            zero_grads(trained)
+            if self._torch_optim:
+                self.optim.zero_grad()
+        self.apply_surgery(t, self._scorer.take())
+        return total_loss / draws
 
-    @torch.no_grad()
     def apply_surgery(self, t: int, addition_scores: Dict[str, Tensor]) -> dict:
-        """Drop/grow every sparse site given its addition scores; appends to ``surgery_log``."""
-        r_t = self.schedule.drop_fraction_at(t)
-        record = {"step": t, "drop_fraction": r_t, "sites": {}}
-        guide = self.sparse_guide
-        for name, info in guide.sites.items():
-            if not info.sparse:
-                continue
-            k = min(round(r_t * info.num_active), info.numel - info.num_active)
-            if k > 0:
-                loc, rho = guide.site_params(name)
-                update_site(
-                    loc, rho, guide.site_mask(name), self.removal(loc, F.softplus(rho)),
-                    addition_scores[name], k, self.sigma_init, self._state_lookup,
-                )
-                if hasattr(guide, "site_active_index"):
-                    guide.site_active_index(name)  # its one sync, here rather than next step
-            record["sites"][name] = {"removed": k, "added": k}
+        """Drop/grow every sparse site given its addition scores (site name -> score of the
+        site's shape); appends the record to ``surgery_log`` and returns it."""
+        record = apply_surgery(
+            self.sparse_guide, t, self.schedule, addition_scores, self.removal, self.sigma_init, self.variant,
+            self._state_lookup,
+        )
         self.surgery_log.append(record)
         return record
 
@@ -406,3 +407,4 @@ class SSVI(SVI):
             f"SSVI step {t}: the loss is {float(loss)}; no parameter or mask was changed. "
             "Lower the learning rate, pass num_data=N for a per-datapoint loss, or check the data."
         )
+

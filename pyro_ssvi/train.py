@@ -6,8 +6,8 @@ entry point around it. Everything that can be checked before training is checked
 config, the data, the OOD set, the run directory); only then is the run directory claimed
 (:mod:`pyro_ssvi.training.rundir`: no run ever replaces another's results) and filled with
 ``config.yaml`` (resolved), ``overrides.yaml``, ``train.log``, ``metrics.jsonl`` (one row per
-epoch), ``metrics.json`` (final metrics and the config), the checkpoint and plots. Every file is
-written atomically.
+epoch), ``metrics.json`` (final metrics and the config), the checkpoint (and ``best.pt``, the
+best-validation epoch, with ``data.val_size``) and plots. Every file is written atomically.
 
 >>> from pyro_ssvi.config import compose
 >>> final = run(compose(["train.epochs=2", "output_dir=/tmp/run", "progress=false"]))  # doctest: +SKIP
@@ -41,10 +41,12 @@ from .errors import SSVICheckpointError, SSVIError
 from .fileio import atomic_write
 from .metrics import plot_reliability_diagram
 from .ood import ood_metrics
+from .training.best import BestTracker, best_base, best_report, restore_best, validate_epoch
 from .training.data import RunData, prepare_data, whole
 from .training.evaluation import evaluate, predict_fixed, raw_targets, replaced_fractions, summary_table, training_flops
 from .training.resume import resume_config
 from .training.rundir import claim_run_dir, remove_stale_temporaries, run_log
+from .training.shift import shift_metrics, shift_sets
 
 __all__ = ["main", "run", "seed_everything"]
 
@@ -127,12 +129,18 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
     history: List[dict] = []
     start_epoch, elapsed_before = 0, 0.0
     sigma_start = sigma_snapshot(guide)
+    best = BestTracker(cfg.checkpoint.best_on) if data.val is not None else None
+    shift = shift_sets(cfg, data.test) if cfg.eval.shift else None
+    if shift is not None:
+        shift.prepare()  # generated (or read from the cache) now: a failure here costs no training
     if resume_state is not None:
         _restore(resume_state, model, guide, optimizer, scheduler, svi, loader, cfg.resume, num_steps)
         history = list(resume_state.get("history", []))
         start_epoch = int(resume_state["epoch"])
         elapsed_before = history[-1]["elapsed_s"] if history else 0.0
         sigma_start = {k: v.to(device) for k, v in resume_state.get("sigma_start", sigma_start).items()}
+        if best is not None and resume_state.get("best", {}).get("epoch") is not None:
+            best.load_state_dict(resume_state["best"])
 
     run_dir = claim_run_dir(cfg)  # everything above could fail without leaving a trace
     out = run_dir.path
@@ -140,11 +148,12 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
         stale = remove_stale_temporaries(out)
         _write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
         _write_text(out / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+        restore_best(best, out, best_base(cfg, data))
     except BaseException:
         run_dir.discard_if_empty()
         raise
     parts = _Run(out, data, model, guide, optimizer, scheduler, svi, num_steps, history, start_epoch, elapsed_before,
-                 start_time, sigma_start)
+                 start_time, sigma_start, best, shift)
     with run_log(out / "train.log") as log_file:
         if stale:
             log.info("removed %d temporary file(s) an interrupted write left in %s", len(stale), out)
@@ -173,6 +182,8 @@ class _Run:
     elapsed_before: float
     start_time: float
     sigma_start: Dict[str, torch.Tensor]  # the guide's sigmas before training (posterior diagnostics)
+    best: Optional[BestTracker]  # the best-validation epoch (data.val_size > 0), else None
+    shift: Any  # eval.shift's ShiftSets, or None
 
 
 def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, Any], str]:
@@ -190,6 +201,7 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             "svi": svi.state_dict(),
             "loader": data.loader.state_dict(), "rng": checkpoint.get_rng_state(), "history": history,
             "sigma_start": run.sigma_start,
+            **({"best": run.best.state_dict()} if run.best is not None else {}),
         }
 
     headline, headline_label = ("rmse", "RMSE") if data.regression else ("accuracy", "accuracy")  # per-epoch score
@@ -227,6 +239,8 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
                 row.update({f"test_{k}": v for k, v in test_metrics.items()})
                 if not data.regression:
                     row["test_ece"] = test_metrics["ece_top_label_l1_15bin"]
+                if run.best is not None:
+                    row.update(validate_epoch(cfg, run.model, run.guide, data, run.best, out, epoch))
             row.update({
                 "density": guide.density(),
                 # Constant by construction (surgery keeps every count): no need to read the masks.
@@ -247,8 +261,10 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
             if "test_nll" not in row and not save:
                 continue
             score = row.get(f"test_{headline}")
-            log.info("epoch %d/%d: loss %.4f, test %s %s, %.0f examples/s", epoch, epochs, row["train_loss"],
-                     headline_label, "-" if score is None else f"{score:.4f}", row["images_per_s"])
+            val = "" if "val_nll" not in row else (f", val {headline_label} {row[f'val_{headline}']:.4f} "
+                                                   f"NLL {row['val_nll']:.4f}")
+            log.info("epoch %d/%d: loss %.4f, test %s %s%s, %.0f examples/s", epoch, epochs, row["train_loss"],
+                     headline_label, "-" if score is None else f"{score:.4f}", val, row["images_per_s"])
 
     if result is None:  # resumed from a finished run: the last epoch's evaluation, reproduced
         test_metrics, result = evaluate(model, guide, data, cfg, epochs)
@@ -258,6 +274,10 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
         test_metrics = {**test_metrics, **ood_metrics(result, ood_result),
                         "mean_mi_test": float(result.mutual_information.mean()),
                         "mean_mi_ood": float(ood_result.mutual_information.mean())}
+    if run.shift is not None:
+        test_metrics = {**test_metrics, "shift": shift_metrics(model, guide, run.shift, cfg, epochs, device)}
+    if run.best is not None:
+        test_metrics = {**test_metrics, **best_report(run.best, history)}
     posterior = posterior_diagnostics(guide, run.sigma_start)
     warning = not_learned_warning(posterior)
     if warning:
@@ -278,6 +298,8 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
     plots.plot_learning_curves(history, out / "learning_curves.png", title=title, task=data.info.task)
     plots.plot_density(history, out / "density.png", title=title)
     plots.plot_posterior(posterior["layers"], out / "posterior.png", title=title)
+    if "shift" in final:
+        plots.plot_shift(final["shift"], out / "shift.png", title=title)
     _write_text(out / "metrics.json", json.dumps({**final, "config": OmegaConf.to_container(cfg)}, indent=2))
     return final, summary_table(final, cfg)
 

@@ -233,7 +233,7 @@ def test_gradients_are_finite():
 def test_registry_and_lookup():
     assert set(C.REMOVAL_CRITERIA) == {"abs_mean", "snr", "mean_abs", "snr_abs", "mean_exp_abs", "snr_exp_abs"}
     assert C.DEFAULT_REMOVAL_CRITERION == "snr_abs"
-    assert C.ADDITION_CRITERIA == ("grad", "grad_mean", "grad_mc")
+    assert C.ADDITION_CRITERIA == ("grad", "grad_mean", "grad_mc", "grad_mc_mean")
     for name, fn in C.REMOVAL_CRITERIA.items():
         assert C.get_removal_criterion(name) is fn
     mu, sigma = _t([0.3, -1.0]), _t([0.2, 0.5])
@@ -251,7 +251,7 @@ def test_unknown_names_raise_config_error(bad):
     msg = str(info.value)
     assert repr(bad) in msg and "removal=" in msg
     assert all(name in msg for name in C.REMOVAL_CRITERIA)
-    with pytest.raises(SSVIConfigError, match="grad, grad_mc, grad_mean") as info:
+    with pytest.raises(SSVIConfigError, match="grad, grad_mc, grad_mc_mean, grad_mean") as info:
         C.check_addition_criterion(bad)
     assert repr(bad) in str(info.value) and "addition=" in str(info.value)
 

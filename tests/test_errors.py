@@ -54,7 +54,7 @@ def test_unknown_criterion_lists_known_names():
     optim = pyro.optim.SGD({"lr": 0.1})
     with pytest.raises(SSVIConfigError, match=r"expected one of: abs_mean, .*snr_abs"):
         SSVI(model, guide, optim, Trace_ELBO(), removal="snrr")
-    with pytest.raises(SSVIConfigError, match=r"grad, grad_mc, grad_mean"):
+    with pytest.raises(SSVIConfigError, match=r"grad, grad_mc, grad_mc_mean, grad_mean"):
         SSVI(model, guide, optim, Trace_ELBO(), addition="random")
 
 

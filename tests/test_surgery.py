@@ -9,10 +9,8 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import TraceMeanField_ELBO
 
-import pyro_ssvi.svi
 from pyro_ssvi import SSVI, MaskedAutoNormal, models
 from pyro_ssvi.criteria import snr_abs
-from pyro_ssvi.handlers import RetainWeightGradsMessenger
 
 from helpers import digits_split, small_cnn
 
@@ -118,12 +116,9 @@ def test_addition_scores_equal_plain_autograd_gradient(addition, monkeypatch):
     captured = {}
     monkeypatch.setattr(svi, "apply_surgery", lambda t, scores: captured.update(scores=scores))
 
-    class Recording(RetainWeightGradsMessenger):
-        def __init__(self, sites):
-            super().__init__(sites)
-            captured["weights"] = self.values
-
-    monkeypatch.setattr(pyro_ssvi.svi, "RetainWeightGradsMessenger", Recording)
+    record = svi._scorer.record
+    monkeypatch.setattr(svi._scorer, "record", lambda: (captured.update(weights=dict(svi._scorer.retain.values)),
+                                                        record()))
     svi.step(x, y)
 
     # Plain PyTorch: the same weights as leaves, the same per-datapoint loss.
@@ -164,33 +159,73 @@ def test_replacing_every_active_entry_keeps_sigma_finite():
     assert F.softplus(rho[1]).item() == pytest.approx(0.2)  # the mean over the entries active before
 
 
-def test_grad_mc_scores_are_the_mean_gradient_over_draws(monkeypatch):
+def _capture_surgery(svi, monkeypatch):
+    """Records every weight draw the scorer sees (one dict per pass) and the scores it hands over."""
+    captured = {"draws": []}
+    monkeypatch.setattr(svi, "apply_surgery", lambda t, scores: captured.update(scores=scores))
+    record = svi._scorer.record
+
+    def recording():
+        captured["draws"].append({k: v.detach().clone() for k, v in svi._scorer.retain.values.items()})
+        record()
+
+    monkeypatch.setattr(svi._scorer, "record", recording)
+    return captured
+
+
+def _mlp_grads(model, weights, x, y):
+    """Plain autograd: d mean cross-entropy / d weight (= the per-datapoint loss's, whose KL term
+    has no theta) for the 2-layer MLP at ``weights``."""
+    w = {k: v.clone().requires_grad_() for k, v in weights.items()}
+    hidden = F.linear(x, w["1.weight"], model.net[1].bias).relu()
+    loss = F.cross_entropy(F.linear(hidden, w["3.weight"], model.net[3].bias), y)
+    return dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
+
+
+@pytest.mark.parametrize("addition", ["grad_mc", "grad_mc_mean"])
+def test_grad_mc_scores_against_autograd_over_draws(addition, monkeypatch):
+    # grad_mc (the paper): mean over K draws of |grad|; grad_mc_mean: |mean over K draws of grad|.
     n, draws = 100, 3
     model = models.mlp([5, 6, 3], prior_scale=0.5, num_data=n)
     x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
     guide = MaskedAutoNormal(model, sparsity=0.6, init_scale=0.3, seed=0)
     svi = SSVI(model, guide, pyro.optim.SGD({"lr": 0.0}), TraceMeanField_ELBO(), update_interval=1,
-               num_data=n, addition="grad_mc", addition_samples=draws)
+               num_data=n, addition=addition, addition_samples=draws)
     svi.step(x, y)
-    captured = {"draws": []}
-    monkeypatch.setattr(svi, "apply_surgery", lambda t, scores: captured.update(scores=scores))
-
-    class Recording(RetainWeightGradsMessenger):
-        def _pyro_post_sample(self, msg):
-            super()._pyro_post_sample(msg)
-            if msg["name"] == "1.weight":
-                captured["draws"].append({})
-            captured["draws"][-1][msg["name"]] = msg["value"].detach().clone()
-
-    monkeypatch.setattr(pyro_ssvi.svi, "RetainWeightGradsMessenger", Recording)
+    captured = _capture_surgery(svi, monkeypatch)
     svi.step(x, y)
     assert len(captured["draws"]) == draws
-    mean_grad = {}
-    for weights in captured["draws"]:
-        w = {k: v.requires_grad_() for k, v in weights.items()}
-        hidden = F.linear(x, w["1.weight"], model.net[1].bias).relu()
-        loss = F.cross_entropy(F.linear(hidden, w["3.weight"], model.net[3].bias), y)
-        for name, g in zip(w, torch.autograd.grad(loss, list(w.values()))):
-            mean_grad[name] = mean_grad.get(name, 0) + g / draws
-    for name, g in mean_grad.items():
-        assert torch.allclose(captured["scores"][name], g.abs(), rtol=1e-5, atol=1e-9), name
+    grads = [_mlp_grads(model, weights, x, y) for weights in captured["draws"]]
+    assert not torch.equal(captured["draws"][0]["1.weight"], captured["draws"][1]["1.weight"])
+    for name in ("1.weight", "3.weight"):
+        stacked = torch.stack([g[name] for g in grads])
+        expected = stacked.abs().mean(0) if addition == "grad_mc" else stacked.mean(0).abs()
+        assert torch.allclose(captured["scores"][name], expected, rtol=1e-5, atol=1e-9), name
+    # The two estimators differ wherever the draws' gradients disagree in sign.
+    signs = torch.stack([g["1.weight"].sign() for g in grads])
+    assert (signs.max(0).values != signs.min(0).values).any()
+
+
+def test_grad_mc_over_recent_minibatches(monkeypatch):
+    # addition_window="recent": the K-1 ordinary steps before an update record their draw and
+    # minibatch; the update adds one draw on its own; the score is the mean |grad| of the K.
+    n, draws, interval = 100, 3, 4
+    model = models.mlp([5, 6, 3], prior_scale=0.5, num_data=n)
+    batches = [(torch.randn(12, 5), torch.randint(0, 3, (12,))) for _ in range(interval + 1)]
+    guide = MaskedAutoNormal(model, sparsity=0.6, init_scale=0.3, seed=0)
+    svi = SSVI(model, guide, pyro.optim.SGD({"lr": 0.01}), TraceMeanField_ELBO(), update_interval=interval,
+               num_data=n, addition="grad_mc", addition_samples=draws, addition_window="recent")
+    captured = _capture_surgery(svi, monkeypatch)
+    biases = []
+    for x, y in batches:  # steps 0..4; the update is step 4, steps 2 and 3 record
+        biases.append((model.net[1].bias.detach().clone(), model.net[3].bias.detach().clone()))
+        svi.step(x, y)
+    assert len(captured["draws"]) == draws and "scores" in captured
+    expected = {}
+    for step, weights in zip((2, 3, 4), captured["draws"]):
+        x, y = batches[step]
+        model.net[1].bias.data, model.net[3].bias.data = biases[step]  # the parameters at that step
+        for name, g in _mlp_grads(model, weights, x, y).items():
+            expected[name] = expected.get(name, 0) + g.abs() / draws
+    for name, value in expected.items():
+        assert torch.allclose(captured["scores"][name], value, rtol=1e-5, atol=1e-9), name

@@ -80,6 +80,24 @@ def test_every_config_group_option_composes_and_validates(group, options):
     assert compose(["method=dense_vi"]).method.sparsity == 0.0
 
 
+# The authors' constants (their code): CIFAR-100 is normalized with its own training-split statistics.
+PAPER_NORMALIZATION = {
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+    "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
+}
+
+
+def test_cifar100_is_normalized_with_its_own_statistics():
+    for overrides in (["data=cifar100"], ["experiment=cifar100_resnet18"],
+                      ["experiment=cifar100_resnet18", "model=mlp"]):
+        d = compose(overrides).data
+        assert (list(d.normalize.mean), list(d.normalize.std)) == PAPER_NORMALIZATION["cifar100"], overrides
+    # and they are the data loader's own CIFAR-100 statistics (population std, 4 decimals)
+    from pyro_ssvi.data.sources import _CIFAR_STATS
+    mean, std = _CIFAR_STATS["cifar100"]
+    assert list(mean) == PAPER_NORMALIZATION["cifar100"][0] and list(std) == PAPER_NORMALIZATION["cifar100"][1]
+
+
 @pytest.mark.parametrize("name,data", [("cifar10_resnet18", "cifar10"), ("cifar100_resnet18", "cifar100")])
 def test_paper_experiments_match_the_recipe(name, data):
     cfg = compose([f"experiment={name}"])
@@ -92,7 +110,7 @@ def test_paper_experiments_match_the_recipe(name, data):
     assert (m.kl_max, m.kl_warmup, m.update_interval, m.drop_fraction, m.update_end) == (0.01, 0.5, 100, 0.3, 0.75)
     assert (m.removal, m.addition, m.sigma_init, m.loss, m.sparsity) == ("snr_abs", "grad", "mean", "mean_field", 0.9)
     assert d.augment and d.pad == 4
-    assert list(d.normalize.mean) == [0.4914, 0.4822, 0.4465] and list(d.normalize.std) == [0.2023, 0.1994, 0.2010]
+    assert (list(d.normalize.mean), list(d.normalize.std)) == PAPER_NORMALIZATION[data]
     assert cfg.eval.num_samples == 5
     # command-line choices still win over the experiment's defaults
     assert compose([f"experiment={name}", "data=cifar10_archive", "method.sparsity=0.95"]).data.name == "cifar10_archive"

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from ..distributions import MaskedNormal, SubspacePrior
 from ..errors import SSVIConfigError
 from ..params import StoreEntries, announcing
+from ..variant import VariantLike, get_variant
 from .init import INIT_LOC_KEY, InitScale, check_init_scale, init_to_normal, initial_mask, initial_scale
 from .persistence import ParamStorePersistence, site_key
 from .sites import (
@@ -76,6 +77,9 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
     :param init_scale: initial sigma: a float, or ``(mean, std)`` for ``|N(mean, std^2)|`` per
         weight entry (the paper uses ``(6e-4, 5e-4)``; dense latents take ``mean``).
     :param seed: seed of the initial random masks (default: drawn from torch's global RNG).
+    :param variant: ``"paper"`` (default) or ``"authors"``, a :class:`~pyro_ssvi.variant.Variant` or a
+        dict of its fields; the guide reads ``initial_active`` (how many entries start active),
+        :class:`~pyro_ssvi.SSVI` the rest (see ``docs/fidelity.md``).
     :param create_plates: as for every ``AutoGuide`` (plates of plate-local latents).
     :param name: prefix of the guide's names in Pyro's param store; default
         ``"MaskedAutoNormal"`` (``"MaskedAutoNormal_1"``, ... while another live guide holds it).
@@ -104,6 +108,7 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
         seed: Optional[int] = None,
         create_plates=None,
         name: Optional[str] = None,
+        variant: VariantLike = None,
     ) -> None:
         if not (isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool) and 0.0 <= sparsity < 1.0):
             raise SSVIConfigError(
@@ -119,6 +124,7 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
         self.sparse_1d = sparse_1d
         self.init_scale = init_scale
         self.seed = seed
+        self.variant = get_variant(variant)
         self._sites: Dict[str, SiteInfo] = {}
         self._latents: Dict[str, LatentInfo] = {}
         self._indicators: Dict[str, Tuple[Tensor, int, Tensor]] = {}
@@ -168,7 +174,9 @@ class MaskedAutoNormal(ParamStorePersistence, AutoGuide):
     def _init_weight_site(self, name: str, site: dict, generator: Optional[torch.Generator]) -> None:
         value = site["value"].detach()
         shape = value.shape
-        sparse, num_active = plan_site(name, shape, self.sparsity, self.dense_sites, self.sparse_1d)
+        sparse, num_active = plan_site(
+            name, shape, self.sparsity, self.dense_sites, self.sparse_1d, rule=self.variant.initial_active
+        )
         self._sites[name] = SiteInfo(shape, site["fn"].event_dim, sparse, num_active)
         given = site["infer"].get(INIT_LOC_KEY)
         mask = initial_mask(shape, num_active, generator, value.device, magnitude=given if sparse else None)

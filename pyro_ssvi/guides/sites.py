@@ -42,17 +42,24 @@ def softplus_inverse(scale: Tensor) -> Tensor:
     return scale + torch.log(-torch.expm1(-scale))
 
 
-def num_active_entries(numel: int, sparsity: float) -> int:
-    """``round((1 - sparsity) * numel)``, at least 1 so no layer is cut off entirely."""
+def num_active_entries(numel: int, sparsity: float, rule: str = "round") -> int:
+    """``round((1 - sparsity) * numel)`` (``rule="round"``, the paper) or ``numel -
+    int(sparsity * numel)`` (``"truncate"``, the authors' code; see :mod:`pyro_ssvi.variant`),
+    at least 1 so no layer is cut off entirely."""
+    if rule == "truncate":
+        return max(1, numel - int(sparsity * numel))
     return max(1, round((1.0 - sparsity) * numel))
 
 
-def plan_site(name: str, shape, sparsity: float, dense_sites=(), sparse_1d: bool = False) -> Tuple[bool, int]:
+def plan_site(
+    name: str, shape, sparsity: float, dense_sites=(), sparse_1d: bool = False, rule: str = "round"
+) -> Tuple[bool, int]:
     """``(sparse, num_active)`` of a weight site: sparse unless ``sparsity == 0``, listed in
-    ``dense_sites``, or of fewer than 2 dimensions (biases) without ``sparse_1d``."""
+    ``dense_sites``, or of fewer than 2 dimensions (biases) without ``sparse_1d``; ``rule`` as
+    in :func:`num_active_entries`."""
     numel = torch.Size(shape).numel()
     sparse = sparsity > 0 and name not in dense_sites and (len(shape) >= 2 or sparse_1d)
-    return sparse, (num_active_entries(numel, sparsity) if sparse else numel)
+    return sparse, (num_active_entries(numel, sparsity, rule) if sparse else numel)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ class LRTMessenger(Messenger):
         e.g. :class:`~pyro_ssvi.guides.MaskedAutoNormal`. A draw that carries its distribution
         as ``tensor.ssvi_q`` (MaskedAutoNormal's do) is computed from that distribution's
         ``mean`` and ``variance`` instead, which saves recomputing them.
+    :param epsilon: added to the output variance inside the square root, ``sqrt(var + epsilon)``
+        (squared output units; the SSVI authors' code: 1e-8). 0: ``sqrt(var)``, floored at 1e-16.
 
     ``consumed`` holds the names of the sites whose weight went through an op in the last run.
 
@@ -52,9 +54,10 @@ class LRTMessenger(Messenger):
     torch.Size([3, 2])
     """
 
-    def __init__(self, guide) -> None:
+    def __init__(self, guide, epsilon: float = 0.0) -> None:
         super().__init__()
         self.guide = guide
+        self.epsilon = float(epsilon)
         # id(tensor) -> (tensor, site name); the tensor is kept so its id cannot be reused.
         self._weights: Dict[int, Tuple[Tensor, str]] = {}
         self.consumed: Set[str] = set()
@@ -104,7 +107,10 @@ class LRTMessenger(Messenger):
             b_mean, b_var = bias_moments
         mean = op(x, w_mean, b_mean, *config, **kwargs)
         var = op(x.square(), w_var, b_var, *config, **kwargs)
-        msg["value"] = mean + var.clamp_min(_VARIANCE_FLOOR).sqrt() * torch.randn_like(mean)
+        # epsilon > 0 keeps var + epsilon away from 0 itself (and adds noise of variance
+        # epsilon to every output); otherwise the floor only guards the gradient.
+        var = var + self.epsilon if self.epsilon else var.clamp_min(_VARIANCE_FLOOR)
+        msg["value"] = mean + var.sqrt() * torch.randn_like(mean)
         msg["done"] = True
 
     def _pyro_ssvi_linear(self, msg) -> None:
@@ -114,7 +120,7 @@ class LRTMessenger(Messenger):
         self._local_reparameterize(msg, F.conv2d)
 
 
-def lrt(fn=None, guide=None):
+def lrt(fn=None, guide=None, epsilon: float = 0.0):
     """Handler form of :class:`LRTMessenger`: ``lrt(model, guide=guide)`` or ``with lrt(guide=guide):``."""
-    msngr = LRTMessenger(guide)
+    msngr = LRTMessenger(guide, epsilon)
     return msngr(fn) if fn is not None else msngr

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Iterable, Optional
 
+from pyro.distributions import Independent, TransformedDistribution
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
-__all__ = ["RetainWeightGradsMessenger", "UseMeansMessenger", "UseValuesMessenger", "use_means"]
+__all__ = ["RetainWeightGradsMessenger", "UseMeansMessenger", "UseValuesMessenger", "location", "use_means"]
 
 
 class RetainWeightGradsMessenger(Messenger):
@@ -31,20 +32,38 @@ class RetainWeightGradsMessenger(Messenger):
             self.values[msg["name"]] = value
 
 
+def location(fn) -> Tensor:
+    """The mean of ``fn``; for a transformed distribution (a constrained latent's q), its base's
+    location pushed through the transforms: ``transform(E[u])``, q's median (the mean itself for
+    real-valued latents). Differentiable in the distribution's parameters."""
+    if isinstance(fn, Independent):
+        return location(fn.base_dist)
+    if isinstance(fn, TransformedDistribution):
+        value = location(fn.base_dist)
+        for transform in fn.transforms:
+            value = transform(value)
+        return value
+    return fn.mean
+
+
 class UseMeansMessenger(Messenger):
-    """Sets each listed site's value to its distribution's mean instead of drawing it.
+    """Sets each listed site's value to its distribution's :func:`location` instead of drawing it.
 
     Apply it to the guide: the model then runs at theta = E_q[theta] (for MaskedNormal, the
-    masked means), which is SSVI's "grad_mean" addition criterion and the "mean" prediction mode.
+    masked means; a constrained latent at the transformed mean of its unconstrained q), which is
+    SSVI's "grad_mean" addition criterion and the "mean" prediction mode.
+
+    :param sites: site names, or None for every unobserved sample site.
     """
 
-    def __init__(self, sites) -> None:
+    def __init__(self, sites: Optional[Iterable[str]] = None) -> None:
         super().__init__()
-        self.sites = sites
+        self.sites = None if sites is None else frozenset(sites)
 
     def _pyro_sample(self, msg) -> None:
-        if msg["name"] in self.sites and not msg["is_observed"] and msg["value"] is None:
-            msg["value"] = msg["fn"].mean
+        wanted = self.sites is None or msg["name"] in self.sites
+        if wanted and not msg["is_observed"] and msg["value"] is None:
+            msg["value"] = location(msg["fn"])
 
 
 class UseValuesMessenger(Messenger):
@@ -60,7 +79,7 @@ class UseValuesMessenger(Messenger):
             msg["value"] = self.values[msg["name"]]
 
 
-def use_means(fn=None, sites=()):
+def use_means(fn=None, sites: Optional[Iterable[str]] = ()):
     """Handler form of :class:`UseMeansMessenger`."""
     msngr = UseMeansMessenger(sites)
     return msngr(fn) if fn is not None else msngr

@@ -23,7 +23,7 @@ from ..data.tables import whole as whole_table
 from ..errors import SSVIConfigError
 from ..ood import ood_dataset
 
-__all__ = ["RunData", "load_data", "prepare_data"]
+__all__ = ["RunData", "load_data", "prepare_data", "split_validation"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class RunData:
     ood: Optional[Any]  # an ArrayDataset, for eval.ood
     normalization: dict  # how raw inputs map to the model's (and, for a regression, back)
     channels_last: bool
+    val: Optional[Any] = None  # held out of the training split (data.val_size); None: no validation
+    val_x: Optional[torch.Tensor] = None
+    val_y: Optional[torch.Tensor] = None
 
     @property
     def regression(self) -> bool:
@@ -75,6 +78,27 @@ def load_data(cfg: DictConfig) -> Tuple[Any, Any]:
     return splits[0], splits[1]
 
 
+def split_validation(train, val_size, seed: int) -> Tuple[Any, Optional[Any]]:
+    """``(training part, validation part)`` of ``train``: ``val_size`` examples (an int) or that
+    fraction of them (a float, rounded, at least 1) drawn at random by ``seed``, both parts in the
+    original order; ``(train, None)`` for ``val_size`` 0. The same seed gives the same split.
+
+    :raises SSVIConfigError: the validation part would leave no training example.
+    """
+    n = len(train)
+    count = val_size if isinstance(val_size, int) else max(1, round(val_size * n))
+    if count == 0:
+        return train, None
+    if count >= n:
+        raise SSVIConfigError(
+            f"data.val_size={val_size} holds out {count} of the {n} training examples, leaving none to train on; use "
+            f"a count below {n} or a fraction in (0, 1) (e.g. data.val_size=0.1)"
+        )
+    # Its own generator: the split depends on the seed only, and no other random stream moves.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return train.subset(order[count:].sort().values), train.subset(order[:count].sort().values)
+
+
 def _check_against_data(cfg: DictConfig, train) -> None:
     """Config values that only make sense against the data (before anything is written)."""
     if int(cfg.train.batch_size) > len(train):
@@ -107,6 +131,7 @@ def whole(data, batch_size: int, device: torch.device):
 def prepare_data(cfg: DictConfig, device: torch.device) -> RunData:
     """Load and check the data of ``cfg`` and build its loader (nothing is written)."""
     train, test = load_data(cfg)
+    train, val = split_validation(train, cfg.data.val_size, int(cfg.seed))
     _check_against_data(cfg, train)
     regression = task_of(cfg) == "regression"
     # Built now so that a bad OOD set fails before training, not after it.
@@ -127,4 +152,5 @@ def prepare_data(cfg: DictConfig, device: torch.device) -> RunData:
                               pad=int(cfg.data.pad), generator=seed, channels_last=channels_last)
         normalization = {"mean": list(train.mean), "std": list(train.std), "scale": train.scale}
     test_x, test_y = whole(test, int(cfg.eval.batch_size), device)
-    return RunData(train, test, info, loader, test_x, test_y, ood, normalization, channels_last)
+    val_x, val_y = whole(val, int(cfg.eval.batch_size), device) if val is not None else (None, None)
+    return RunData(train, test, info, loader, test_x, test_y, ood, normalization, channels_last, val, val_x, val_y)

@@ -20,7 +20,9 @@ from ..metrics import classification_metrics
 from ..predictive import ClassPrediction, RegressionPrediction, predict
 from ..regression_metrics import regression_metrics
 
-__all__ = ["evaluate", "predict_fixed", "raw_targets", "replaced_fractions", "summary_table", "training_flops"]
+__all__ = [
+    "STREAMS", "evaluate", "predict_fixed", "raw_targets", "replaced_fractions", "summary_table", "training_flops",
+]
 
 
 @contextlib.contextmanager
@@ -37,11 +39,17 @@ def predict_fixed(model, guide, x: torch.Tensor, cfg: DictConfig, epoch: int, st
         return predict(model, guide, x, num_samples=int(cfg.eval.num_samples), batch_size=int(cfg.eval.batch_size))
 
 
-def raw_targets(data) -> torch.Tensor:
-    """The test targets in their own units (a regression's are standardized for the model)."""
+#: The ``stream`` of each evaluation split's posterior draws (eval.ood uses 1, eval.shift 3).
+STREAMS = {"test": 0, "val": 2}
+
+
+def raw_targets(data, split: str = "test") -> torch.Tensor:
+    """The targets of ``split`` (test or val) in their own units (a regression's are standardized
+    for the model)."""
+    y = data.test_y if split == "test" else data.val_y
     if not data.regression:
-        return data.test_y
-    return data.test_y * data.train.target_std + data.train.target_mean
+        return y
+    return y * data.train.target_std + data.train.target_mean
 
 
 def _in_target_units(prediction: RegressionPrediction, data) -> RegressionPrediction:
@@ -53,17 +61,19 @@ def _in_target_units(prediction: RegressionPrediction, data) -> RegressionPredic
     )
 
 
-def evaluate(model, guide, data, cfg: DictConfig, epoch: int) -> Tuple[dict, Any]:
-    """Metrics of the predictive on the test split after ``epoch``: (metrics dict, prediction).
-    A regression's prediction and metrics are in the target's own units."""
-    result = predict_fixed(model, guide, data.test_x, cfg, epoch)
+def evaluate(model, guide, data, cfg: DictConfig, epoch: int, split: str = "test") -> Tuple[dict, Any]:
+    """Metrics of the predictive on ``split`` (``test``, or ``val``: the held-out part of the
+    training split) after ``epoch``: (metrics dict, prediction). A regression's prediction and
+    metrics are in the target's own units."""
+    x = data.test_x if split == "test" else data.val_x
+    result = predict_fixed(model, guide, x, cfg, epoch, stream=STREAMS[split])
     if data.regression:
         result = _in_target_units(result, data)
-        metrics = regression_metrics(result, raw_targets(data).cpu())
+        metrics = regression_metrics(result, raw_targets(data, split).cpu())
         if "sigma" in getattr(guide, "latent_sites", {}):  # the likelihood's learned noise scale
             metrics["noise_sigma"] = float(guide.median()["sigma"]) * data.train.target_std
         return metrics, result
-    return classification_metrics(result.probs.cpu(), data.test_y.cpu()), result
+    return classification_metrics(result.probs.cpu(), raw_targets(data, split).cpu()), result
 
 
 def replaced_fractions(svi, guide, first_step: int, last_step: int) -> Dict[str, float]:
@@ -130,6 +140,16 @@ def _task_rows(final: Mapping[str, Any], cfg: DictConfig) -> list:
 def summary_table(final: Mapping[str, Any], cfg: DictConfig) -> str:
     """The run's final numbers, one per line, for the console and train.log."""
     rows = _task_rows(final, cfg)
+    if "best" in final:  # data.val_size > 0: the epoch chosen on validation data, and its test scores
+        best, key = final["best"], "rmse" if "rmse" in final else "accuracy"
+        rows.append((f"best epoch on {best['on']} (best.pt)", f"{best['epoch']} ({best['on']} {best['value']:.4f})"))
+        rows.append((f"test {key} / NLL at that epoch", f"{best['test'][key]:.4f} / {best['test']['nll']:.4f}"))
+    if "shift" in final:
+        mean = final["shift"]["mean"]
+        rows.append((f"shift: mean accuracy, severity {' / '.join(mean)}",
+                     " / ".join(f"{m['accuracy']:.3f}" for m in mean.values())))
+        rows.append(("shift: mean ECE (15-bin), same severities",
+                     " / ".join(f"{m['ece_top_label_l1_15bin']:.3f}" for m in mean.values())))
     rows.append(("active sigmas moved > 10% (learned?)", f"{100 * final['posterior_sigma_moved']:.1f}% "
                                                          f"({'yes' if final['posterior_learned'] else 'NO'})"))
     if "mean_mi_ood" in final:

@@ -32,6 +32,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.json", "train.log")
 #: Files a run writes (besides its checkpoint); ``overwrite=true`` removes them first.
 OUTPUT_FILES = RUN_FILES + (
     "overrides.yaml", "learning_curves.png", "density.png", "reliability.png", "posterior.png", "predictions.png",
+    "shift.png", "best.pt",
 )
 
 
