@@ -67,6 +67,7 @@ def aggregate(records: List[dict], data: str, epochs: int) -> Dict[str, dict]:
         ok = [r for r in runs if "error" not in r]
         cell = {"n": len(ok), "failed": len(runs) - len(ok), "seeds": sorted(r["seed"] for r in ok),
                 "errors": sorted({r["error"] for r in runs if "error" in r})}
+        cell["per_seed"] = {r["seed"]: {name: r[name] for name, _, _ in METRICS} for r in ok}
         if ok:
             for name, _, _ in METRICS:
                 cell[name] = _mean_std([r[name] for r in ok])
@@ -88,21 +89,34 @@ def _is_default(key: str, default_key: str) -> bool:
     return key == default_key
 
 
+def paired_delta(cell: dict, default: dict, name: str, scale: float, digits: int) -> str:
+    """Mean ± std over shared seeds of (cell - default cell): seeds are paired (same init, batches,
+    draws), so this is less noisy than comparing the two means."""
+    seeds = sorted(set(cell.get("per_seed", {})) & set(default.get("per_seed", {})))
+    if not seeds or cell is default:
+        return "-"
+    mean, std = _mean_std([cell["per_seed"][s][name] - default["per_seed"][s][name] for s in seeds])
+    return f"{scale * mean:+.{digits}f} ± {scale * std:.{digits}f}"
+
+
 def markdown_table(layout: Dict[str, list], cells: Dict[str, dict], default_key: str) -> str:
     """One markdown table per group: setting, accuracy / NLL / ECE as mean ± std, seeds, time."""
     parts = []
     for group, rows in layout.items():
         parts.append(f"### {GROUP_TITLES.get(group, group)}\n")
-        parts.append("| setting | accuracy (%) | NLL | ECE | seeds | mask updates | sigmas moved | train s/run |")
-        parts.append("|---|---|---|---|---|---|---|---|")
+        parts.append("| setting | accuracy (%) | NLL | ECE | Δ accuracy vs default (pp, paired) | Δ NLL (paired) "
+                     "| seeds | mask updates | sigmas moved | train s/run |")
+        parts.append("|---|---|---|---|---|---|---|---|---|---|")
         for sub, label, key in rows:
             cell = cells.get(key, {"n": 0, "failed": 0})
             name = f"{sub} = {label}" + (DEFAULT_MARK if _is_default(key, default_key) else "")
             seeds = str(cell["n"]) + (f" ({cell['failed']} failed)" if cell.get("failed") else "")
             extra = ("-", "-", "-") if not cell["n"] else (
                 str(cell["mask_updates"]), f"{100 * cell['sigma_moved']:.0f}%", f"{cell['train_time_s']:.0f}")
+            default = cells.get(default_key, {})
+            deltas = (paired_delta(cell, default, "accuracy", 100, 2), paired_delta(cell, default, "nll", 1, 4))
             parts.append(f"| {name} | {_fmt(cell, 'accuracy', 100, 2)} | {_fmt(cell, 'nll', 1, 4)} | "
-                         f"{_fmt(cell, 'ece', 1, 4)} | {seeds} | {' | '.join(extra)} |")
+                         f"{_fmt(cell, 'ece', 1, 4)} | {' | '.join(deltas)} | {seeds} | {' | '.join(extra)} |")
         for key in {k for _, _, k in rows}:
             for err in cells.get(key, {}).get("errors", []):
                 parts.append(f"\nFailed run ({key}): {err}")
