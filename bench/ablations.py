@@ -119,9 +119,9 @@ def _data(name: str):
         from pyro_ssvi.data import load_dataset
 
         train, test = load_dataset(name, split="train"), load_dataset(name, split="test")
-        mean = torch.tensor(test.mean).view(1, -1, 1, 1)
-        std = torch.tensor(test.std).view(1, -1, 1, 1)
-        # Normalized by the training split's statistics, as the loader normalizes training batches.
+        # The training split's statistics, as the loader uses for training batches.
+        mean = torch.tensor(train.mean).view(1, -1, 1, 1)
+        std = torch.tensor(train.std).view(1, -1, 1, 1)
         test_x = (test.images.float() / test.scale - mean) / std
         _DATA[name] = (train, test_x, test.labels)
     return _DATA[name]
@@ -158,7 +158,8 @@ def run_one(data: str, epochs: int, settings: dict, seed: int) -> dict:
          "weight_decay": WEIGHT_DECAY},
         {"params": guide.rho_parameters(), "lr": recipe["sigma_lr"], "weight_decay": 0.0},
     ], lr=recipe["lr"], momentum=MOMENTUM)
-    cosine = torch.optim.lr_scheduler.LambdaLR(optim, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, num_steps) / num_steps)))
+    cosine = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, num_steps) / num_steps)))
     sigma_init = settings["sigma_init"] if settings["sigma_init"] == "mean" else float(settings["sigma_init"])
     svi = SSVI(model, guide, optim, TraceMeanField_ELBO(), num_steps=num_steps,
                update_interval=int(settings["update_interval"]), removal=settings["removal"],
@@ -175,7 +176,7 @@ def run_one(data: str, epochs: int, settings: dict, seed: int) -> dict:
         with torch.random.fork_rng():
             torch.manual_seed(1_000_003 + seed)  # the same predictive draws for every cell of a seed
             probs = predict(model, guide, test_x, num_samples=EVAL_SAMPLES).probs
-    except (NonFiniteLossError, NonFiniteOutputError) as exc:  # a diverged cell is a result, not the end of the grid
+    except (NonFiniteLossError, NonFiniteOutputError) as exc:  # a diverged cell is a result, not a crash
         return {**record, "error": f"{type(exc).__name__}: {exc}"[:500], "train_time_s": time.perf_counter() - t0}
     metrics = classification_metrics(probs, test_y)
     return {

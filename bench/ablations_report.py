@@ -28,7 +28,8 @@ GROUP_TITLES = {
     "c": "(c) sparsity (0% = dense mean-field VI)",
     "d": "(d) sigma of regrown weights and update interval ΔT, 90% sparsity",
 }
-METRICS = (("accuracy", "test accuracy (%)", 100.0), ("nll", "test NLL (nats)", 1.0), ("ece", "test ECE (15 bins)", 1.0))
+METRICS = (("accuracy", "test accuracy (%)", 100.0), ("nll", "test NLL (nats)", 1.0),
+           ("ece", "test ECE (15 bins)", 1.0))
 DEFAULT_MARK = " (default)"
 
 
@@ -167,9 +168,11 @@ def write_report(out: Path, layout: Dict[str, list], records: List[dict], meta: 
         f"Hardware: {meta.get('cpu')}, {meta.get('cpus')} CPUs visible, {meta.get('workers')} worker processes "
         "with 1 torch thread each  ",
         f"Wall time of the last invocation: {meta.get('wall_time_s', float('nan')):.0f} s for "
-        f"{meta.get('runs_this_invocation')} runs; training time of all {len(runs)} runs summed: {total_train:.0f} s  ",
-        f"Cells: mean ± sample std over seeds; accuracy, NLL and ECE of the {meta.get('eval_samples')}-draw posterior predictive "
-        "on the test split. Each seed fixes initial weights, masks, batch order and predictive draws.\n",
+        f"{meta.get('runs_this_invocation')} runs; training time of all {len(runs)} runs summed: "
+        f"{total_train:.0f} s  ",
+        f"Cells: mean ± sample std over seeds; accuracy, NLL and ECE of the {meta.get('eval_samples')}-draw "
+        "posterior predictive on the test split. Each seed fixes initial weights, masks, batch order and "
+        "predictive draws, so the Δ columns are differences to the default cell seed by seed.\n",
     ]
     body = markdown_table(layout, cells, default_key)
     text = "\n".join(head) + "\n" + body

@@ -22,7 +22,8 @@ EPOCHS = 5  # digits: 115 steps; at ΔT 10 and 20, 8 and 4 mask updates
 
 
 def _run(out, *extra):
-    cmd = [sys.executable, SCRIPT, "--data", "digits", "--quick", "--seeds", str(SEEDS), "--epochs", str(EPOCHS), "--out", str(out), *extra]
+    cmd = [sys.executable, SCRIPT, "--data", "digits", "--quick", "--seeds", str(SEEDS), "--epochs", str(EPOCHS),
+           "--out", str(out), *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
 
 
@@ -45,7 +46,8 @@ def _table_rows(markdown):
     for line in markdown.splitlines():
         if line.startswith("### "):
             section = line[4:7]  # "(a)", ...
-        m = re.match(r"\| (\w+ = [^|]+?) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|", line)
+        number = r"([\d.]+) ± ([\d.]+)"
+        m = re.match(rf"\| (\w+ = [^|]+?) \| {number} \| {number} \| {number} \|", line)
         if m:
             rows[(section, m.group(1))] = [float(v) for v in m.groups()[1:]]
     return rows
