@@ -127,8 +127,11 @@ def _data(name: str):
     return _DATA[name]
 
 
-def run_one(data: str, epochs: int, settings: dict, seed: int) -> dict:
-    """Train one cell at one seed and evaluate it on the test split; returns the result record."""
+def run_one(setup: dict, settings: dict, seed: int) -> dict:
+    """Train one cell at one seed and evaluate it on the test split; returns the result record.
+
+    ``setup`` is what every cell of a grid shares: data set, epochs, hidden widths, initial sigma
+    (a float, or [mean, std] for a random |N(mean, std^2)| per weight, as in the paper)."""
     import pyro
     import torch
     from pyro.infer import TraceMeanField_ELBO
@@ -140,16 +143,17 @@ def run_one(data: str, epochs: int, settings: dict, seed: int) -> dict:
     from pyro_ssvi.metrics import classification_metrics
     from pyro_ssvi.predictive import predict
 
-    recipe = RECIPES[data]
+    data, epochs, recipe = setup["data"], setup["epochs"], RECIPES[setup["data"]]
+    init_scale = setup["init_scale"] if isinstance(setup["init_scale"], float) else tuple(setup["init_scale"])
     train, test_x, test_y = _data(data)
     t0 = time.perf_counter()
     pyro.clear_param_store()
     pyro.enable_validation(False)  # validation checks cost time every step
     torch.manual_seed(seed)
     loader = DeviceLoader(train, recipe["batch_size"], device="cpu", generator=seed)
-    model = models.mlp([math.prod(train.images.shape[1:]), *recipe["hidden"], train.num_classes],
+    model = models.mlp([math.prod(train.images.shape[1:]), *setup["hidden"], train.num_classes],
                        num_data=len(train))
-    guide = MaskedAutoNormal(model, sparsity=settings["sparsity"], init_scale=INIT_SCALE, seed=seed)
+    guide = MaskedAutoNormal(model, sparsity=settings["sparsity"], init_scale=init_scale, seed=seed)
     x0, y0 = next(iter(DeviceLoader(train, 2, device="cpu", shuffle=False)))
     guide(x0, y0)  # set the guide up before the optimizer sees its parameters
     num_steps = epochs * len(loader)
@@ -166,7 +170,7 @@ def run_one(data: str, epochs: int, settings: dict, seed: int) -> dict:
                addition=settings["addition"], sigma_init=sigma_init, kl_max=1.0, kl_warmup=0.0,
                num_data=len(train))
     sigma_start = sigma_snapshot(guide)
-    record = {"data": data, "epochs": epochs, "seed": seed, "settings": settings, "key": cell_key(settings)}
+    record = {"setup": setup, "seed": seed, "settings": settings, "key": cell_key(settings)}
     try:
         for _ in range(epochs):
             for x, y in loader:
@@ -179,11 +183,14 @@ def run_one(data: str, epochs: int, settings: dict, seed: int) -> dict:
     except (NonFiniteLossError, NonFiniteOutputError) as exc:  # a diverged cell is a result, not a crash
         return {**record, "error": f"{type(exc).__name__}: {exc}"[:500], "train_time_s": time.perf_counter() - t0}
     metrics = classification_metrics(probs, test_y)
+    posterior = posterior_diagnostics(guide, sigma_start)
     return {
         **record, "accuracy": metrics["accuracy"], "nll": metrics["nll"], "ece": metrics["ece_top_label_l1_15bin"],
         "calibration_error_paper": metrics.get("calibration_error_paper"),
         "density": guide.density(), "mask_updates": len(svi.surgery_log), "steps": svi.step_count,
-        "sigma_moved": posterior_diagnostics(guide, sigma_start)["moved"],
+        "sigma_moved": posterior["moved"],
+        # Per layer, over active weights: how much sigma varies decides whether SNR and |mu| rank alike.
+        "sigma_end": {site: layer["sigma_end"] for site, layer in posterior["layers"].items()},
         "train_time_s": train_time, "run_time_s": time.perf_counter() - t0,
     }
 
@@ -215,7 +222,7 @@ def run_grid(args, jobs: List[Tuple[dict, int]], records: List[dict], results_pa
     start, done = time.perf_counter(), 0
     pool = cf.ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx, initializer=_worker_init)
     try:
-        futures = [pool.submit(run_one, args.data, args.epochs, s, seed) for s, seed in jobs]
+        futures = [pool.submit(run_one, run_setup(args), s, seed) for s, seed in jobs]
         for fut in cf.as_completed(futures):
             rec = fut.result()
             records.append(rec)
@@ -229,11 +236,23 @@ def run_grid(args, jobs: List[Tuple[dict, int]], records: List[dict], results_pa
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def run_setup(args) -> dict:
+    """What all cells of this grid share; runs of another setup in the results file are ignored."""
+    return {"data": args.data, "epochs": args.epochs, "hidden": args.hidden, "init_scale": args.init_scale}
+
+
+def _floats(text: str) -> List[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", choices=sorted(RECIPES), default="fashion_mnist")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0 .. N-1)")
     p.add_argument("--epochs", type=int, default=None, help="default: 3 (fashion_mnist), 60 (digits), 5 with --quick")
+    p.add_argument("--hidden", type=_floats, default=None, help="hidden widths, e.g. 400,400 (default: 256,256)")
+    p.add_argument("--init-scale", type=_floats, default=[INIT_SCALE],
+                   help="initial sigma, or MEAN,STD for a random |N(MEAN, STD^2)| per weight (the paper: 6e-4,5e-4)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ablations")
     p.add_argument("--quick", action="store_true", help="two values per sub-group (for tests)")
     p.add_argument("--groups", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
@@ -246,6 +265,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--groups: unknown {bad or 'empty'}; choose from {','.join(GROUPS)}")
     if args.seeds < 1 or args.workers < 1:
         p.error("--seeds and --workers must be >= 1")
+    args.hidden = [int(h) for h in (args.hidden or RECIPES[args.data]["hidden"])]
+    if len(args.init_scale) not in (1, 2) or min(args.init_scale) < 0 or args.init_scale[0] <= 0:
+        p.error("--init-scale: one positive float, or MEAN,STD")
+    args.init_scale = args.init_scale[0] if len(args.init_scale) == 1 else args.init_scale
     if args.epochs is None:
         args.epochs = 5 if args.quick else {"fashion_mnist": 3, "digits": 60}[args.data]
     return args
@@ -262,7 +285,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import ablations_report  # after the checks: it imports pyro_ssvi and matplotlib
 
     cells, layout = plan(args.groups, args.quick)
-    done = {(r["key"], r["seed"]) for r in records if r["data"] == args.data and r["epochs"] == args.epochs}
+    setup = run_setup(args)
+    done = {(r["key"], r["seed"]) for r in records if r["setup"] == setup}
     # Seed-major: an interrupted grid has every cell at its first seeds rather than some at all.
     jobs = [(s, seed) for seed in range(args.seeds) for s in cells if (cell_key(s), seed) not in done]
     print(f"{len(cells)} cells x {args.seeds} seeds: {len(jobs)} runs to do "
@@ -272,10 +296,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     wall = time.perf_counter() - start
     meta = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "wall_time_s": wall,
             "runs_this_invocation": len(jobs), "cpu": ablations_report.cpu_model(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "data": args.data, "epochs": args.epochs,
-            "seeds": args.seeds, "workers": args.workers, "recipe": RECIPES[args.data], "quick": args.quick,
+            "python": platform.python_version(), "setup": setup,
+            "seeds": args.seeds, "workers": args.workers, "quick": args.quick,
+            "recipe": {k: v for k, v in RECIPES[args.data].items() if k != "hidden"},
             "addition_criteria": [label for _, label, _ in group_cells("b")], "eval_samples": EVAL_SAMPLES}
-    ablations_report.write_report(args.out, layout, records, meta, data=args.data, epochs=args.epochs,
+    ablations_report.write_report(args.out, layout, records, meta, setup=setup,
                                   default_key=cell_key(default_cell(args.quick)))
     print(f"done in {wall:.0f} s; table: {args.out / 'ablations.md'}", flush=True)
     return 0

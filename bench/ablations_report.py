@@ -57,11 +57,11 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
     return mean, std
 
 
-def aggregate(records: List[dict], data: str, epochs: int) -> Dict[str, dict]:
+def aggregate(records: List[dict], setup: dict) -> Dict[str, dict]:
     """Cell key -> {n, failed, <metric>: (mean, std), train_time_s, seeds} over this data set's runs."""
     by_key: Dict[str, List[dict]] = {}
     for r in records:
-        if r["data"] == data and r["epochs"] == epochs:
+        if r["setup"] == setup:
             by_key.setdefault(r["key"], []).append(r)
     out = {}
     for key, runs in by_key.items():
@@ -155,15 +155,17 @@ def plot_group(group: str, rows: list, cells: Dict[str, dict], default_key: str,
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
 
 
-def write_report(out: Path, layout: Dict[str, list], records: List[dict], meta: dict, *, data: str,
-                 epochs: int, default_key: str) -> str:
+def write_report(out: Path, layout: Dict[str, list], records: List[dict], meta: dict, *, setup: dict,
+                 default_key: str) -> str:
     """Write ``ablations.md``, one PNG per group and ``meta.json`` into ``out``; returns the markdown.
     ``default_key`` names the default cell, marked in the table and plots."""
-    cells = aggregate(records, data, epochs)
-    runs = [r for r in records if r["data"] == data and r["epochs"] == epochs]
+    cells = aggregate(records, setup)
+    runs = [r for r in records if r["setup"] == setup]
+    data, epochs = setup["data"], setup["epochs"]
     total_train = sum(r["train_time_s"] for r in runs)
     head = [
-        f"# SSVI ablations: {data}, Bayesian MLP {meta.get('recipe', {}).get('hidden')}, {epochs} epochs\n",
+        f"# SSVI ablations: {data}, Bayesian MLP {setup['hidden']}, {epochs} epochs, initial sigma "
+        f"{setup['init_scale']}\n",
         f"Command: `{meta.get('command')}`  ",
         f"Hardware: {meta.get('cpu')}, {meta.get('cpus')} CPUs visible, {meta.get('workers')} worker processes "
         "with 1 torch thread each  ",
@@ -193,8 +195,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     meta = json.loads((args.out / "meta.json").read_text())
     layout = {g: [tuple(row) for row in rows] for g, rows in meta.pop("layout").items()}
-    write_report(args.out, layout, load_results(args.out / "results.jsonl"), meta, data=meta["data"],
-                 epochs=meta["epochs"], default_key=cell_key(default_cell(meta.get("quick", False))))
+    write_report(args.out, layout, load_results(args.out / "results.jsonl"), meta, setup=meta["setup"],
+                 default_key=cell_key(default_cell(meta.get("quick", False))))
     print(args.out / "ablations.md")
     return 0
 

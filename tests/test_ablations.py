@@ -92,6 +92,17 @@ def test_outputs_and_numbers(grid):
     for r in records:
         assert r["density"] == pytest.approx(1.0 - r["settings"]["sparsity"], abs=0.01)
         assert (r["mask_updates"] > 0) == (r["settings"]["sparsity"] > 0)
+        assert r["setup"] == {"data": "digits", "epochs": EPOCHS, "hidden": [256, 256], "init_scale": 1e-3}
+        # The posterior learned: sigmas left their initial 1e-3, in every layer.
+        assert set(r["sigma_end"]) == {"1.weight", "3.weight", "5.weight"}
+        assert all(q["median"] > 1.05e-3 for q in r["sigma_end"].values())
+
+
+def test_setup_options():
+    args = ablations.parse_args(["--data", "digits", "--hidden", "32", "--init-scale", "6e-4,5e-4"])
+    assert ablations.run_setup(args) == {"data": "digits", "epochs": 60, "hidden": [32], "init_scale": [6e-4, 5e-4]}
+    with pytest.raises(SystemExit):
+        ablations.parse_args(["--init-scale", "0"])
 
 
 def test_resume_redoes_only_missing_runs_identically(grid, tmp_path):
