@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, T
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .corruptions import CORRUPTIONS, FAMILIES
+from .corruptions import select_corruptions
 from .criteria import ADDITION_CRITERIA, REMOVAL_CRITERIA
 from .surgery_step import ADDITION_WINDOWS
 from .variant import get_variant
@@ -30,7 +30,7 @@ from .errors import SSVIConfigError
 
 __all__ = [
     "BEST_NAME", "BEST_ON", "CONFIG_DIR", "CPU_CHANNELS_LAST", "MODELS", "TASKS", "as_config", "channels_last_problem",
-    "compose", "flat_items", "flat_values", "resolve_device", "shift_corruptions", "task_of", "validate",
+    "compose", "flat_items", "flat_values", "resolve_device", "task_of", "validate",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -142,41 +142,8 @@ def _check_validation(cfg: DictConfig) -> None:
         raise SSVIConfigError("checkpoint.best_on=val_accuracy is for classifiers; a regression takes val_nll")
 
 
-def shift_corruptions(spec) -> Tuple[str, ...]:
-    """The corruption names ``eval.shift`` asks for (``all``, families, names, or a list of them),
-    in :data:`~pyro_ssvi.corruptions.CORRUPTIONS` order; ``()`` for null.
-
-    :raises SSVIConfigError: a name that is neither a corruption nor a family, or an empty list.
-    """
-    if spec is None:
-        return ()
-    if isinstance(spec, str):
-        items = [spec]
-    else:
-        items = list(spec) if OmegaConf.is_list(spec) or isinstance(spec, (list, tuple)) else []
-    if not items:
-        raise SSVIConfigError(
-            f"eval.shift={spec!r} is not allowed; expected null, all, a family ({', '.join(FAMILIES)}), a corruption "
-            "or a list of those"
-        )
-    chosen = set()
-    for item in items:
-        if item == "all":
-            chosen.update(CORRUPTIONS)
-        elif item in FAMILIES:
-            chosen.update(FAMILIES[item])
-        elif item in CORRUPTIONS:
-            chosen.add(item)
-        else:
-            raise SSVIConfigError(
-                f"eval.shift: unknown corruption {item!r}; expected all, a family ({', '.join(FAMILIES)}) or one of "
-                f"{', '.join(CORRUPTIONS)}"
-            )
-    return tuple(name for name in CORRUPTIONS if name in chosen)
-
-
 def _check_shift(cfg: DictConfig) -> None:
-    names = shift_corruptions(_get(cfg, "eval.shift"))
+    names = select_corruptions(_get(cfg, "eval.shift"))
     severities = _get(cfg, "eval.shift_severities")
     if not (OmegaConf.is_list(severities) and len(severities) > 0 and all(
             isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 5 for s in severities)):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from typing import Callable, Dict, Tuple
 
 import numpy as np
@@ -38,7 +39,7 @@ from torch import Tensor
 
 from .errors import SSVIConfigError
 
-__all__ = ["CORRUPTIONS", "FAMILIES", "PARAMS", "corrupt", "plasma_fractal"]
+__all__ = ["CORRUPTIONS", "FAMILIES", "PARAMS", "corrupt", "plasma_fractal", "select_corruptions"]
 
 #: Published severity constants (severity 1..5) of the CIFAR-10-C generator.
 PARAMS: Dict[str, tuple] = {
@@ -237,3 +238,37 @@ def corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator) -> 
         raise SSVIConfigError(f"corrupt: expected float images [N, C, H, W] with C = 1 or 3, got "
                               f"{x.dtype} {tuple(x.shape)}")
     return CORRUPTIONS[name](x, PARAMS[name][severity - 1], generator).clamp(0, 1)
+
+
+def select_corruptions(spec) -> Tuple[str, ...]:
+    """The corruption names ``eval.shift`` asks for (``all``, families, names, or a list of them),
+    in :data:`CORRUPTIONS` order; ``()`` for null.
+
+    :raises SSVIConfigError: a name that is neither a corruption nor a family, or an empty list.
+    """
+    if spec is None:
+        return ()
+    if isinstance(spec, str):
+        items = [spec]
+    else:
+        # (a Hydra list is a Sequence too)
+        items = list(spec) if isinstance(spec, Sequence) else []
+    if not items:
+        raise SSVIConfigError(
+            f"eval.shift={spec!r} is not allowed; expected null, all, a family ({', '.join(FAMILIES)}), a corruption "
+            "or a list of those"
+        )
+    chosen = set()
+    for item in items:
+        if item == "all":
+            chosen.update(CORRUPTIONS)
+        elif item in FAMILIES:
+            chosen.update(FAMILIES[item])
+        elif item in CORRUPTIONS:
+            chosen.add(item)
+        else:
+            raise SSVIConfigError(
+                f"eval.shift: unknown corruption {item!r}; expected all, a family ({', '.join(FAMILIES)}) or one of "
+                f"{', '.join(CORRUPTIONS)}"
+            )
+    return tuple(name for name in CORRUPTIONS if name in chosen)

@@ -20,8 +20,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from omegaconf import DictConfig
 
-from ..config import shift_corruptions
-from ..corruptions import corrupt
+from ..corruptions import corrupt, select_corruptions
 from ..data import ArrayDataset, default_cache_dir
 from ..fileio import atomic_write
 from ..metrics import classification_metrics
@@ -106,7 +105,7 @@ def _subset(test: ArrayDataset, limit: Optional[int]) -> ArrayDataset:
 
 def shift_sets(cfg: DictConfig, test: ArrayDataset) -> Optional[ShiftSets]:
     """The :class:`ShiftSets` that ``eval.*`` asks for (None when ``eval.shift`` is null)."""
-    names = shift_corruptions(cfg.eval.shift)
+    names = select_corruptions(cfg.eval.shift)
     if not names:
         return None
     cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir() / "shift"
