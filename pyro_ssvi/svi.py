@@ -33,7 +33,7 @@ from .schedule import PAPER_RECIPE, SurgerySchedule, kl_weight
 from .surgery import optimizer_state_lookup
 from .surgery_step import AdditionScorer, apply_surgery
 from .variant import VariantLike, resolve_variant
-from .wiring import sparse_part, unused_optim_state, with_point_estimates
+from .wiring import sparse_part, trained_tensors, unused_optim_state, with_point_estimates
 
 __all__ = ["PAPER_RECIPE", "SSVI"]
 
@@ -320,7 +320,7 @@ class SSVI(SVI):
             trained = [p for group in self.optim.param_groups for p in group["params"]]
         else:
             loss = float(loss)
-            trained = self._params(capture.trace)
+            trained = trained_tensors(capture.trace, self.guide, self.model)
         if not self._coverage_checked:
             self._check_coverage(watch.leaves, trained, args, kwargs)
         if self.distributed is not None:  # every rank then sees the same loss and gradients
@@ -368,7 +368,7 @@ class SSVI(SVI):
                     losses.append(self._surgery_loss_and_grads(self._model_sampled, guide, *args, **kwargs))
                 self._scorer.record()
                 # No optimizer step follows: the parameters' gradients are not needed.
-                zero_grads(self._params(capture.trace))
+                zero_grads(trained_tensors(capture.trace, self.guide, self.model))
                 if self._torch_optim:
                     self.optim.zero_grad()
         loss, earlier_finite = self.finite.read_with(losses)
@@ -393,21 +393,6 @@ class SSVI(SVI):
             self.distributed.check_masks(self.sparse_guide, t)
         self.surgery_log.append(record)
         return record
-
-    def _params(self, param_trace) -> List[Tensor]:
-        """Every tensor to optimize: captured ``pyro.param`` sites, the guide's parameters and
-        those of a model that is an ``nn.Module``, deduplicated by identity."""
-        seen: Set[int] = set()
-        found = []
-        candidates = [site["value"].unconstrained() for site in param_trace.nodes.values()]
-        candidates += list(self.guide.parameters())
-        if isinstance(self.model, torch.nn.Module):
-            candidates += list(self.model.parameters())
-        for p in candidates:
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                found.append(p)
-        return found
 
     def _check_finite(self, loss, t: int, trained) -> None:
         if not math.isfinite(float(loss)):

@@ -43,9 +43,8 @@ from .build import (
 )
 from .config import as_config, resolve_device, validate
 from .cuda_graph import GraphedSteps
-from .data import DeviceLoader
 from .diagnostics import not_learned_warning, posterior_diagnostics, sigma_snapshot
-from .errors import SSVICheckpointError, SSVIConfigError, SSVIError
+from .errors import SSVIConfigError, SSVIError
 from .fileio import atomic_write
 from .metrics import plot_reliability_diagram
 from .ood import ood_metrics
@@ -66,7 +65,7 @@ from .training.evaluation import (
     summary_table,
     training_flops,
 )
-from .training.resume import resume_config
+from .training.resume import restore_run, resume_config
 from .training.rundir import claim_run_dir, remove_stale_temporaries, run_log
 from .training.shift import shift_metrics, shift_sets
 
@@ -175,7 +174,7 @@ def _train(cfg: DictConfig, resume_state: Optional[dict], device: torch.device, 
     if shift is not None:
         shift.prepare()  # generated (or read from the cache) now: a failure here costs no training
     if resume_state is not None:
-        _restore(resume_state, model, guide, optimizer, scheduler, svi, loader, cfg.resume, num_steps)
+        restore_run(resume_state, model, guide, optimizer, scheduler, svi, loader, cfg.resume, num_steps)
         history = list(resume_state.get("history", []))
         start_epoch = int(resume_state["epoch"])
         elapsed_before = history[-1]["elapsed_s"] if history else 0.0
@@ -364,26 +363,6 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
         plots.plot_shift(final["shift"], out / "shift.png", title=title)
     _write_text(out / "metrics.json", json.dumps({**final, "config": OmegaConf.to_container(cfg)}, indent=2))
     return final, summary_table(final, cfg)
-
-
-def _restore(state: dict, model, guide, optimizer, scheduler, svi, loader: DeviceLoader, path, num_steps: int) -> None:
-    """Put every piece of a run back to where ``state`` (a checkpoint) left it; the learning-rate
-    schedule is laid out over ``num_steps`` (more than stored when ``train.epochs`` grew)."""
-    try:
-        model.load_state_dict(state["model"])
-        guide.load_state_dict(state["guide"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise SSVICheckpointError(
-            f"checkpoint {str(path)!r} does not match this run: {checkpoint.mismatch_detail(exc)}"
-        ) from None
-    for schedule in scheduler.lr_lambdas:
-        if hasattr(schedule, "total_steps"):
-            schedule.total_steps = num_steps
-    svi.load_state_dict(state["svi"])
-    checkpoint.set_rng_state(state["rng"])
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")

@@ -1,19 +1,19 @@
 """How SSVI connects to what it is given: the sparse part of a guide, the parameters of a plain
-``nn.Module`` model, and ``pyro.optim`` state that no parameter took."""
+``nn.Module`` model, the tensors a step trains, and ``pyro.optim`` state that no parameter took."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 from pyro.infer.autoguide import AutoGuideList
 from pyro.nn import PyroModule
-from torch import nn
+from torch import Tensor, nn
 
 from . import params
 from .errors import SSVIConfigError
 from .guides import MaskedAutoNormal
 
-__all__ = ["sparse_part", "unused_optim_state", "with_point_estimates"]
+__all__ = ["sparse_part", "trained_tensors", "unused_optim_state", "with_point_estimates"]
 
 # What SSVI calls on its sparse guide.
 _GUIDE_API = ("sites", "site_mask", "site_params", "moments", "loc_parameters")
@@ -69,3 +69,20 @@ def unused_optim_state(optim) -> Optional[str]:
         "suffixed name (e.g. MaskedAutoNormal_1): delete the old objects (or pass name=) before building the "
         "resumed ones."
     )
+
+
+def trained_tensors(param_trace, guide, model) -> List[Tensor]:
+    """Every tensor a ``pyro.optim`` step trains: the ``pyro.param`` sites of ``param_trace``
+    (unconstrained), ``guide``'s parameters and those of a ``model`` that is an ``nn.Module``,
+    deduplicated by identity, in that order."""
+    seen: Set[int] = set()
+    found = []
+    candidates = [site["value"].unconstrained() for site in param_trace.nodes.values()]
+    candidates += list(guide.parameters())
+    if isinstance(model, nn.Module):
+        candidates += list(model.parameters())
+    for p in candidates:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            found.append(p)
+    return found

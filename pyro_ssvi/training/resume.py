@@ -18,7 +18,7 @@ from .. import checkpoint
 from ..config import compose, flat_values, validate
 from ..errors import SSVICheckpointError, SSVIConfigError
 
-__all__ = ["RESUMABLE", "RESUME_KEYS", "RUNTIME", "resume_config", "touched_keys"]
+__all__ = ["RESUMABLE", "RESUME_KEYS", "RUNTIME", "restore_run", "resume_config", "touched_keys"]
 
 #: Keys that always come from this run's command line (where and how it runs, not what).
 RUNTIME = ("resume", "output_dir", "overwrite", "device", "progress", "cpu_threads")
@@ -99,3 +99,23 @@ def resume_config(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) ->
         )
     validate(stored)
     return stored, state
+
+
+def restore_run(state: dict, model, guide, optimizer, scheduler, svi, loader, path, num_steps: int) -> None:
+    """Put every piece of a run back to where ``state`` (a checkpoint) left it; the learning-rate
+    schedule is laid out over ``num_steps`` (more than stored when ``train.epochs`` grew)."""
+    try:
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise SSVICheckpointError(
+            f"checkpoint {str(path)!r} does not match this run: {checkpoint.mismatch_detail(exc)}"
+        ) from None
+    for schedule in scheduler.lr_lambdas:
+        if hasattr(schedule, "total_steps"):
+            schedule.total_steps = num_steps
+    svi.load_state_dict(state["svi"])
+    checkpoint.set_rng_state(state["rng"])
