@@ -41,10 +41,10 @@ class MaskedNormal(Normal):
         ``mask.nonzero(as_tuple=True)``): then ``to_event`` over all dimensions gives an
         :class:`ActiveSubspace`, whose KL is computed on the active entries only (a tenth of the
         work at 90% sparsity) instead of everywhere and then masked.
-    :param mean: optional precomputed ``loc * indicator``; :param variance: optional
-        ``scale**2 * indicator`` (a guide computes them for all its sites at once).
-    :param flat: optional ``(FlatMoments, site name)``: this site's entries in a guide's flat
-        vectors, whose KL the lean objective computes for all sites at once.
+
+    :meth:`from_moments` builds it from precomputed mean and variance (a guide computes them for
+    all its sites at once), with ``flat = (FlatMoments, site name)``: this site's entries in the
+    guide's flat vectors, whose KL the lean objective computes for all sites at once.
 
     ``scored``, ``kl_used`` and ``prior_masked`` record how an ELBO used this distribution (its
     log-density was taken; a registered KL was; a :class:`SubspacePrior` masked the prior's
@@ -54,14 +54,12 @@ class MaskedNormal(Normal):
 
     scored = kl_used = prior_masked = False
 
+    flat = None
+
     def __init__(
-        self, loc: Tensor, scale: Tensor, mask: Tensor, validate_args=None, *, indicator=None, active=None,
-        mean: Optional[Tensor] = None, variance: Optional[Tensor] = None, flat=None,
+        self, loc: Tensor, scale: Tensor, mask: Tensor, validate_args=None, *, indicator=None, active=None
     ):
         super().__init__(loc, scale, validate_args=validate_args)
-        if mean is not None:  # instance attributes take precedence over the lazy properties
-            self.mean, self.variance = mean, variance
-        self.flat = flat
         self.mask = mask.expand(self.batch_shape) if mask.shape != self.batch_shape else mask
         if indicator is None:
             indicator = self.mask.to(self.loc.dtype)
@@ -77,6 +75,7 @@ class MaskedNormal(Normal):
         per site and step, which on a GPU is time the device waits."""
         q = object.__new__(cls)
         q.loc, q.scale, q.mask, q.indicator = loc, scale, mask, indicator
+        # Instance attributes take precedence over the lazy properties.
         q.mean, q.variance, q.flat, q.active = mean, variance, flat, active
         q._batch_shape, q._event_shape, q._validate_args = loc.shape, torch.Size(), False
         return q

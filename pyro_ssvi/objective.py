@@ -79,12 +79,10 @@ def _flat_kl_sites(model_trace, guide_trace) -> Optional[Tuple[FlatMoments, floa
     for name, guide_site in guide_trace.nodes.items():
         if guide_site["type"] != "sample" or guide_site["is_observed"]:
             continue
-        q = guide_site["fn"]
-        base_q = getattr(q, "base_dist", q)
+        base_q, q_dims = _unwrap(guide_site["fn"])
         flat = getattr(base_q, "flat", None)
         if flat is None:
             continue
-        q_dims = q.reinterpreted_batch_ndims if type(q) in _INDEPENDENT else 0
         site = model_trace.nodes.get(name)
         if site is None or site["is_observed"] or site["mask"] is not None or guide_site["mask"] is not None:
             return None

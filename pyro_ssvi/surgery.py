@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .guides import softplus_inverse
+from .guides.flat import unravel
 
 __all__ = ["select_drop_grow", "update_site", "optimizer_state_lookup", "zero_optimizer_state"]
 
@@ -129,10 +130,7 @@ def _memory_view(t: Tensor, flat_index: Tensor) -> Tuple[Tensor, Tensor]:
     memory = t.as_strided((t.numel(),), (1,), t.storage_offset())
     if t.is_contiguous():
         return memory, flat_index
-    position, rest = 0, flat_index
-    for size, stride in zip(reversed(t.shape), reversed(t.stride())):  # Python ints: no transfer
-        position = position + (rest % size) * stride
-        rest = torch.div(rest, size, rounding_mode="floor")
+    position = sum(index * stride for index, stride in zip(unravel(flat_index, t.shape), t.stride()))
     return memory, position
 
 

@@ -28,9 +28,10 @@ class FlatLayout:
     :param shapes: site name -> shape, in the guide's order.
     :param num_active: site name -> number of active entries (the site's numel if dense).
 
-    ``indicator`` ([D], 0/1 in the parameters' dtype) and ``active`` ([A], flat indices of the
-    active entries, ascending) are rebuilt by :meth:`refresh` when a mask changed; ``active`` is
-    found with ``nonzero_static`` (its size is known), so no rebuild waits for the device.
+    ``indicator`` ([D], 0/1 in the parameters' dtype; per site: ``indicator_views``) and
+    ``active`` ([A], flat indices of the active entries, ascending) are rebuilt by :meth:`refresh`
+    when a mask changed; ``active`` is found with ``nonzero_static`` (its size is known), so no
+    rebuild waits for the device.
     """
 
     def __init__(self, shapes: Dict[str, torch.Size], num_active: Dict[str, int]) -> None:
@@ -41,6 +42,7 @@ class FlatLayout:
         self.index = {n: i for i, n in enumerate(self.names)}
         self.total_active = sum(num_active[n] for n in self.names)
         self.indicator: Optional[Tensor] = None
+        self.indicator_views: List[Tensor] = []
         self.active: Optional[Tensor] = None
         self._seen: Tuple = ()
         self.nhwc: Tuple[bool, ...] = (False,) * len(self.names)
@@ -80,6 +82,7 @@ class FlatLayout:
                            for m in masks])
         flat_mask = self.flatten(masks)
         self.indicator = flat_mask.to(dtype)
+        self.indicator_views = self.split(self.indicator)
         self.active = torch.nonzero_static(flat_mask, size=self.total_active).squeeze(1)
         self._seen = seen
         self._masks = list(masks)  # keeps the ids above from being reused

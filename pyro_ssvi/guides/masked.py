@@ -245,7 +245,7 @@ class MaskedAutoNormal(PosteriorSummaries, ParamStorePersistence, AutoGuide):
         (surgery bumps its version counter). Multiplying by a bool mask instead would cost a
         dtype-conversion kernel forward and another backward on every step."""
         layout = self.flat_layout()
-        return layout.split(layout.indicator)[layout.index[name]]
+        return layout.indicator_views[layout.index[name]]
 
     def flat_layout(self, masks: Optional[Sequence[Tensor]] = None) -> FlatLayout:
         """The weight sites' :class:`~pyro_ssvi.guides.flat.FlatLayout`, refreshed for the current
@@ -345,7 +345,7 @@ class MaskedAutoNormal(PosteriorSummaries, ParamStorePersistence, AutoGuide):
         else:  # SSVI's fast path: our own tensors, one softplus for all sites
             locs = [self._modules["locs"]._parameters[k] for k in keys]
             moments = FlatMoments(layout, locs, rhos=[self._modules["rhos"]._parameters[k] for k in keys])
-        indicators = layout.split(layout.indicator)
+        indicators = layout.indicator_views
         values = {}
         for i, (name, info) in enumerate(self._sites.items()):
             q = MaskedNormal.from_moments(
