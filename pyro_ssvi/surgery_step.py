@@ -107,7 +107,7 @@ class AdditionScorer:
             self.reduce(grads)
         for name, grad in grads.items():
             # The paper's grad_mc averages magnitudes; grad_mc_mean averages signed gradients.
-            grad = grad.detach() if self.criterion == "grad_mc_mean" else grad.detach().abs()
+            grad = grad if self.criterion == "grad_mc_mean" else grad.abs()
             total = self._sums.get(name)
             self._sums[name] = grad if total is None else total + grad
         self.retain.values.clear()

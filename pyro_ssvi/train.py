@@ -33,14 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from . import checkpoint, plots
-from .build import (
-    build_guide,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    build_svi,
-    setup_guide,
-)
+from .build import build_guide, build_model, build_optimizer, build_scheduler, build_svi, setup_guide
 from .config import as_config, resolve_device, validate
 from .cuda_graph import GraphedSteps
 from .diagnostics import not_learned_warning, posterior_diagnostics, sigma_snapshot
@@ -48,23 +41,10 @@ from .errors import SSVIConfigError, SSVIError
 from .fileio import atomic_write
 from .metrics import plot_reliability_diagram
 from .ood import ood_metrics
-from .training.best import (
-    BestTracker,
-    best_base,
-    best_report,
-    restore_best,
-    validate_epoch,
-)
+from .training.best import BestTracker, best_base, best_report, restore_best, validate_epoch
 from .training.data import RunData, prepare_data, whole
 from .training.distributed import Ranks, check_distributed_config
-from .training.evaluation import (
-    evaluate,
-    predict_fixed,
-    raw_targets,
-    replaced_fractions,
-    summary_table,
-    training_flops,
-)
+from .training.evaluation import evaluate, predict_fixed, raw_targets, replaced_fractions, summary_table, training_flops
 from .training.resume import restore_run, resume_config
 from .training.rundir import claim_run_dir, remove_stale_temporaries, run_log
 from .training.shift import shift_metrics, shift_sets
