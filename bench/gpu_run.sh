@@ -16,6 +16,7 @@
 # Device tool call (from the root of the checkout that holds .whl/ and .data/):
 #   run(command="bash bench/gpu_run.sh", carry=[".whl", ".data"], timeout_s=480)
 # A rerun of some parts:  run(command="GPU_RUN_PARTS=train GPU_RUN_EPOCHS=10 bash bench/gpu_run.sh", ...)
+# with extra overrides for the training app:  GPU_RUN_TRAIN_ARGS="train.cuda_graph=true data.limit_train=10000"
 #
 # What comes back in $OUT (6 files, each written as the run goes, so a timeout keeps what finished):
 #   gpu_run.log    timeline: each part's start, end, rc and seconds, and a summary at the end
@@ -117,10 +118,12 @@ else
   DEV=cuda
   # 50 timed steps after 10 warm-up, then 30 back to back, one round per configuration so that each
   # one's line reaches results.jsonl as soon as it is timed (a dedicated GPU needs no interleaving).
-  BENCH=(--device cuda --steps 50 --warmup 10 --block 30 --rounds 1 --configs ssvi,graph,plain,det)
+  # The CUDA-graph configuration (e) last: a capture that fails leaves the CUDA generator in
+  # capture mode, and every configuration after it in the same process would fail too.
+  BENCH=(--device cuda --steps 50 --warmup 10 --block 30 --rounds 1 --configs ssvi,plain,det,graph)
   PAPER=(--batch 128)
   FAST=(--batch 512 --channels-last --bf16 --library-options)
-  TRAIN=()
+  read -r -a TRAIN <<< "${GPU_RUN_TRAIN_ARGS:-}"  # extra overrides, e.g. "train.cuda_graph=true data.limit_train=10000"
   EPOCHS=${GPU_RUN_EPOCHS:-}
 fi
 DEADLINE=$(( START + BUDGET_S ))

@@ -28,7 +28,7 @@ def format_table(report: dict) -> str:
         f"{'configuration':32s} {'img/s':>9s} {'median ms':>10s} {'IQR ms':>16s} {'p10-p90 ms':>18s} "
         f"{'peak ' + kind:>24s} {'x/(d)':>7s}"
     ]
-    rat = {"ssvi": "a/d", "dense": "b/d", "det": "c/d", "plain": None}
+    rat = {"ssvi": "a/d", "dense": "b/d", "det": "c/d", "graph": "e/d", "plain": None}
     for key, res in report["results"].items():
         if "skipped" in res or not res.get("images_per_s"):
             lines.append(f"{CONFIGS[key]:32s} skipped: {res.get('skipped', 'no ordinary step timed')}")

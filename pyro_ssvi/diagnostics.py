@@ -35,7 +35,8 @@ def sigma_snapshot(guide) -> Dict[str, Tensor]:
 def _quantiles(values: Tensor) -> Dict[str, float]:
     if values.numel() == 0:
         return {"q10": float("nan"), "median": float("nan"), "q90": float("nan")}
-    q = torch.quantile(values.double().reshape(-1)[:16_000_000], torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    values = values.double().reshape(-1)[:16_000_000]
+    q = torch.quantile(values, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64, device=values.device))
     return {"q10": float(q[0]), "median": float(q[1]), "q90": float(q[2])}
 
 

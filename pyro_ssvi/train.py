@@ -70,6 +70,10 @@ def _warn_about_schedule(cfg: DictConfig, num_steps: int) -> None:
         )
 
 
+#: Device types train.cuda_graph runs on (the tests add "cpu", with an EagerGraph as the recorder).
+_GRAPH_DEVICES = ("cuda",)
+
+
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
@@ -104,7 +108,7 @@ def run(cfg: Union[DictConfig, Mapping[str, Any]], overrides: Optional[Sequence[
     overrides = _hydra_overrides() if overrides is None else list(overrides)
     cfg, resume_state = resume_config(cfg, overrides)
     device = resolve_device(cfg.device)
-    if cfg.train.cuda_graph and device.type != "cuda":
+    if cfg.train.cuda_graph and device.type not in _GRAPH_DEVICES:
         raise SSVIConfigError(
             f"train.cuda_graph=true needs a CUDA device, but the run is on {device}: set train.cuda_graph=false"
         )
@@ -282,7 +286,8 @@ def _loop(cfg: DictConfig, device: torch.device, run: _Run) -> Tuple[Dict[str, A
                 "layer_density": {k: i.num_active / i.numel for k, i in guide.sites.items() if i.sparse},
                 "layer_replaced": replaced_fractions(svi, guide, first_step, svi.step_count),
                 "r_t": svi.drop_fraction(), "beta": svi.kl_weight(),
-                "lr": optimizer.param_groups[0]["lr"], "sigma_lr": optimizer.param_groups[1]["lr"],
+                # float(): a CUDA-graph run keeps the learning rates in device tensors.
+                "lr": float(optimizer.param_groups[0]["lr"]), "sigma_lr": float(optimizer.param_groups[1]["lr"]),
                 "images_per_s": len(data.train) / epoch_time, "epoch_time_s": epoch_time,
                 "elapsed_s": run.elapsed_before + time.perf_counter() - run.start_time,
             })

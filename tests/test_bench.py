@@ -48,6 +48,21 @@ def test_ratios_positive(report):
         assert report[table]["e/d"] is None
 
 
+def test_table_lists_every_configuration(report):
+    """The console table has a row, with its ratio, for each configuration: (e) included, which
+    only runs on CUDA (a CUDA-graph row once crashed the table after every timing was done)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from report import CONFIGS, format_table
+
+    full = json.loads(json.dumps(report))
+    full["results"]["graph"] = dict(full["results"]["ssvi"], label=CONFIGS["graph"])
+    full["ratios"]["e/d"] = 0.5
+    table = format_table(full)
+    for key in ("ssvi", "dense", "det", "plain", "graph"):
+        assert CONFIGS[key] in table
+    assert "0.500" in table.split(CONFIGS["graph"])[1].splitlines()[0]
+
+
 def test_surgery_share(report):
     s = report["surgery"]
     assert s["paper_schedule"]["update_interval"] == 100

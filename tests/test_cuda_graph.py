@@ -2,6 +2,7 @@
 the same training as eager steps, recordings after every mask update, no sync in a recorded step."""
 
 import dataclasses
+import gc
 import math
 
 import pyro
@@ -52,6 +53,23 @@ def test_graphed_steps_train_exactly_as_eager_steps():
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=name)
     for a, b in zip(model.state_dict().values(), g_model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def _tensors_with_autograd_history() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if torch.is_tensor(o) and o.grad_fn is not None)
+
+
+def test_no_autograd_graph_outlives_a_step():
+    """A graph alive between steps keeps the parameters' gradient accumulators, and on CUDA their
+    stream, from an earlier step: a capture then fails. The guide's prototype trace once did."""
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g))]
+    before = _tensors_with_autograd_history()
+    _, _, losses, runner = _training(True, batches)  # set-up, 23 steps (recorded and eager), 2 mask updates
+    assert losses.grad_fn is None
+    assert _tensors_with_autograd_history() == before
+    assert runner.svi.guide.prototype_trace.nodes["_RETURN"]["value"].grad_fn is None
 
 
 def test_sgd_step_is_torch_sgd_with_tensor_learning_rates():

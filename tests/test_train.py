@@ -350,3 +350,34 @@ def test_resume_from_a_checkpoint_written_before_a_config_key_existed(tmp_path):
     checkpoint.save(path, state)
     final = train.run(cfg_for(tmp_path / "resumed", f"resume={path}"))
     assert final["epochs"] == 1 and 0.0 <= final["accuracy"] <= 1.0
+
+
+def test_cuda_graph_run_matches_eager_run_and_writes_plain_numbers(tmp_path, monkeypatch):
+    """train.cuda_graph end to end, on CPU with EagerGraph as the recorder: the same parameters and
+    metrics as eager steps (both drop the last partial batch, as a graph must), plain numbers in
+    metrics.jsonl (the learning rates live in tensors during a graphed run), and a resume."""
+    import functools
+
+    from pyro_ssvi.cuda_graph import EagerGraph, GraphedSteps
+
+    monkeypatch.setattr(train, "_GRAPH_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(train, "GraphedSteps", functools.partial(GraphedSteps, graph_factory=EagerGraph))
+    common = ["device=cpu", "train.epochs=2", "data.limit_train=500", "method.update_interval=5", "seed=3",
+              "train.drop_last=true", "train.loss_sync=epoch"]
+    eager = train.run(cfg_for(tmp_path / "eager", *common))
+    graphed = train.run(cfg_for(tmp_path / "graph", *common, "train.cuda_graph=true"))
+    a = checkpoint.read(tmp_path / "eager" / "checkpoint.pt")
+    b = checkpoint.read(tmp_path / "graph" / "checkpoint.pt")
+    assert a["svi"]["surgery_log"] and a["svi"] == b["svi"]
+    for k in a["guide"]:
+        torch.testing.assert_close(b["guide"][k], a["guide"][k], rtol=1e-5, atol=1e-6)
+    assert graphed["accuracy"] == pytest.approx(eager["accuracy"], abs=1e-3)
+    rows = [json.loads(line) for line in (tmp_path / "graph" / "metrics.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["lr"], float) and isinstance(r["sigma_lr"], float) for r in rows)
+    assert rows[-1]["lr"] == pytest.approx(json.loads((tmp_path / "eager" / "metrics.jsonl").read_text()
+                                                      .splitlines()[-1])["lr"])
+    resumed = train.run(cfg_for(tmp_path / "resumed", f"resume={tmp_path / 'graph' / 'checkpoint.pt'}",
+                                "train.epochs=3"))
+    rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and isinstance(rows[-1]["lr"], float)
+    assert resumed["accuracy"] >= graphed["accuracy"]

@@ -149,7 +149,11 @@ class MaskedAutoNormal(PosteriorSummaries, ParamStorePersistence, AutoGuide):
 
     # ------------------------------------------------------------------ setup
     def _setup_prototype(self, *args, **kwargs) -> None:
-        super()._setup_prototype(*args, **kwargs)
+        # Without gradients: the prototype trace lives as long as the guide, and an autograd graph
+        # in it would keep the set-up batch's activations and every model parameter's gradient
+        # accumulator alive, which on CUDA ties them to the default stream and breaks a graph capture.
+        with torch.no_grad():
+            super()._setup_prototype(*args, **kwargs)
         weights, latents = [], []
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             check_continuous(name, site)
