@@ -164,7 +164,8 @@ class GraphedSteps:
             svi.optim.zero_grad(set_to_none=True)
             # Pyro's argument validation reads values on the host: off inside a recorded step.
             with pyro.validation_enabled(False), params.quiet() if svi._quiet else contextlib.nullcontext():
-                loss = svi.loss_and_grads(svi._model_lrt, svi._guide_lrt, static_x, static_y)
+                model, guide, loss_and_grads = svi._lrt_step
+                loss = loss_and_grads(model, guide, static_x, static_y)
             sgd_step(svi.optim)
             self._finite.logical_and_(torch.isfinite(loss))
             loss_out.copy_(loss)

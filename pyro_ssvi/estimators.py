@@ -19,9 +19,9 @@ from pyro.ops.jit import CompiledFunction
 from torch import Tensor
 
 from .errors import SSVIConfigError
-from .objective import mean_field_loss
+from .objective import mean_field_loss, mean_field_loss_of_traces
 
-__all__ = ["backward_mean_field_loss", "check_supported", "eager_twin", "is_lean", "reset_compiled"]
+__all__ = ["TracedMeanFieldLoss", "backward_mean_field_loss", "check_supported", "eager_twin", "is_lean", "reset_compiled"]
 
 
 def is_lean(elbo: ELBO) -> bool:
@@ -61,6 +61,19 @@ def reset_compiled(elbo: ELBO) -> None:
     for value in vars(elbo).values():
         if isinstance(value, CompiledFunction):
             value.compiled.clear()
+
+
+class TracedMeanFieldLoss:
+    """:func:`backward_mean_field_loss` with the traces made by ``traces(model, guide, *args,
+    **kwargs) -> (model_trace, guide_trace)`` (SSVI's fused hot-path tracers)."""
+
+    def __init__(self, traces) -> None:
+        self.traces = traces
+
+    def __call__(self, model, guide, *args, **kwargs) -> Tensor:
+        loss = mean_field_loss_of_traces(*self.traces(model, guide, *args, **kwargs))
+        loss.backward()
+        return loss.detach()
 
 
 def backward_mean_field_loss(model, guide, *args, **kwargs) -> Tensor:

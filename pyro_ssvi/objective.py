@@ -28,13 +28,18 @@ from .guides.flat import FlatMoments
 _NORMAL_LOG_PROBS = (Normal.log_prob, SubspacePrior.log_prob)
 _INDEPENDENT = (Independent, torch.distributions.Independent, ActiveSubspace)
 
-__all__ = ["mean_field_loss"]
+__all__ = ["mean_field_loss", "mean_field_loss_of_traces"]
 
 
 def mean_field_loss(model, guide, *args, **kwargs) -> Tensor:
     """``-ELBO`` as TraceMeanField_ELBO (one particle) defines it, as a differentiable scalar tensor."""
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return mean_field_loss_of_traces(model_trace, guide_trace)
+
+
+def mean_field_loss_of_traces(model_trace, guide_trace) -> Tensor:
+    """:func:`mean_field_loss` of a model trace replayed from ``guide_trace``."""
     elbo: Tensor = torch.zeros(())
     flat_sites = _flat_kl_sites(model_trace, guide_trace)
     if flat_sites:

@@ -21,13 +21,8 @@ from .criteria import get_removal_criterion
 from .distributed import DistributedSync, resolve_distributed
 from .errors import SSVIConfigError
 from .finite import FiniteLosses, non_finite_error
-from .handlers import (
-    DrawNeeded,
-    LRTMessenger,
-    MaskPriorMessenger,
-    ScaleLatentsMessenger,
-    SkipDrawsMessenger,
-)
+from .handlers import DrawNeeded, LRTMessenger, MaskPriorMessenger, ScaleLatentsMessenger, SkipDrawsMessenger
+from .handlers.fused import FusedTraces
 from .leaves import BackwardLeaves, untrained_message
 from .schedule import PAPER_RECIPE, SurgerySchedule, kl_weight
 from .surgery import optimizer_state_lookup
@@ -193,6 +188,11 @@ class SSVI(SVI):
         self._needs_draws: Set[str] = set()
         self._skip = SkipDrawsMessenger(sparse_guide, self._needs_draws) if (lean and lrt) else None
         self._guide_lrt = self._beta(self._skip(guide)) if self._skip else self._guide
+        # A gradient step under LRT: (model, guide, loss_and_grads); on the lean path the same
+        # traces come from one fused messenger per side (handlers.fused: fewer calls per site).
+        self._lrt_step = (self._model_lrt, self._guide_lrt, self.loss_and_grads)
+        if self._skip:
+            self._lrt_step = (model, guide, estimators.TracedMeanFieldLoss(FusedTraces(self._beta, self._lrt, self._skip)))
         # step_async's losses: finite or not, recorded on the device and read later.
         self.finite = FiniteLosses()
 
@@ -300,8 +300,7 @@ class SSVI(SVI):
                 self._needs_draws.add(exc.site)
 
     def _gradient_step(self, t: int, args, kwargs, sync: bool = True):
-        model, guide = (self._model_lrt, self._guide_lrt) if self.use_lrt else (self._model_sampled, self._guide)
-        loss_and_grads = None
+        model, guide, loss_and_grads = self._lrt_step if self.use_lrt else (self._model_sampled, self._guide, None)
         # addition_window="recent": this step's (theta, x) pair is one of the next update's K.
         record = self._scorer.records_at(t, self.is_update_step)
         if record:

@@ -71,13 +71,21 @@ class LRTMessenger(Messenger):
         self.consumed: Set[str] = set()
 
     def __enter__(self):
-        self._weights.clear()
-        self.consumed = set()
+        self.begin_run()
         return super().__enter__()
 
     def __exit__(self, *args):
-        self._weights.clear()
+        self.end_run()
         return super().__exit__(*args)
+
+    def begin_run(self) -> None:
+        """Forget the weights of the last run (also called by a fused messenger that applies this one)."""
+        self._weights.clear()
+        self.consumed = set()
+
+    def end_run(self) -> None:
+        """Drop the references to this run's weight draws."""
+        self._weights.clear()
 
     def _pyro_post_sample(self, msg) -> None:
         if not msg["is_observed"] and msg["name"] in self.guide.sites:

@@ -29,10 +29,14 @@ class ScaleLatentsMessenger(Messenger):
         self._latent_factor: Union[float, Tensor] = scale * beta
 
     def __enter__(self):
-        # Once per run: every latent site then carries the same factor object (SSVI's flat KL
-        # needs one common scale), and a tensor beta (CUDA graphs) is read by one kernel.
-        self._latent_factor = self.scale * self.beta
+        self.refresh()
         return super().__enter__()
+
+    def refresh(self) -> None:
+        """Fix the factor of this run's latent sites (also called by a fused messenger that
+        applies this one). Once per run: every latent site then carries the same factor object
+        (SSVI's flat KL needs one common scale), and a tensor beta (CUDA graphs) is read by one kernel."""
+        self._latent_factor = self.scale * self.beta
 
     def _pyro_sample(self, msg) -> None:
         factor = self.scale if msg["is_observed"] else self._latent_factor
