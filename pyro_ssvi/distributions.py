@@ -67,14 +67,17 @@ class MaskedNormal(Normal):
         self.active = active
 
     @classmethod
-    def from_moments(cls, loc: Tensor, scale: Tensor, mask: Tensor, indicator: Tensor, mean: Tensor,
+    def from_moments(cls, loc: Tensor, scale: Optional[Tensor], mask: Tensor, indicator: Tensor, mean: Tensor,
                      variance: Tensor, *, flat=None, active=None) -> "MaskedNormal":
         """The distribution a guide builds on every step, without validation or broadcasting: all
         tensors already have ``loc``'s shape (``active`` may be a function returning the indices,
-        called only if a KL needs them). Constructing through ``__init__`` costs ~20 Python calls
+        called only if a KL needs them; ``scale`` may be None when ``flat = (FlatMoments, site)``
+        holds it, made on first use). Constructing through ``__init__`` costs ~20 Python calls
         per site and step, which on a GPU is time the device waits."""
         q = object.__new__(cls)
-        q.loc, q.scale, q.mask, q.indicator = loc, scale, mask, indicator
+        q.loc, q.mask, q.indicator = loc, mask, indicator
+        if scale is not None:
+            q.scale = scale
         # Instance attributes take precedence over the lazy properties.
         q.mean, q.variance, q.flat, q.active = mean, variance, flat, active
         q._batch_shape, q._event_shape, q._validate_args = loc.shape, torch.Size(), False
@@ -93,6 +96,13 @@ class MaskedNormal(Normal):
             self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.mask.expand(batch_shape),
             indicator=self.indicator.expand(batch_shape),
         )
+
+    @lazy_property
+    def scale(self) -> Tensor:
+        # Only a from_moments distribution without a scale gets here (Normal.__init__ sets it):
+        # its site's view of the flat sigmas, which the hot path (LRT, flat KL) never asks for.
+        moments, name = self.flat
+        return moments.sigma_views[moments.layout.index[name]]
 
     # Cached: under local reparameterization both the skipped draw (the mean) and the LRT op
     # ask for them, and each is a full-size elementwise kernel.
@@ -169,7 +179,9 @@ class ActiveSubspace(Independent):
         d = object.__new__(cls)
         shape = base._batch_shape
         d.base_dist, d.reinterpreted_batch_ndims = base, len(shape)
-        d._batch_shape, d._event_shape, d._validate_args = torch.Size(), shape, False
+        # Not d._validate_args = False: Independent's setter would set it on the base (a Python
+        # call per site and step); its getter reads the base's, which from_moments made False.
+        d._batch_shape, d._event_shape = torch.Size(), shape
         return d
 
 

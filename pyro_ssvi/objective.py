@@ -80,24 +80,29 @@ def _flat_kl_sites(model_trace, guide_trace) -> Optional[Tuple[FlatMoments, floa
     (a learned prior scale needs its gradient through the per-site KL), no mask, and one common
     scale (the KL weight and 1/N). Otherwise every site is scored on its own, as before.
     """
+    # This runs at every site of every step, and a GPU step is host-bound: no helper calls here.
+    # Distributions are unwrapped by type, not isinstance (Pyro's distribution classes have an ABC
+    # metaclass, whose isinstance is a Python call).
     moments, scale, priors = None, None, {}
     for name, guide_site in guide_trace.nodes.items():
         if guide_site["type"] != "sample" or guide_site["is_observed"]:
             continue
-        base_q, q_dims = _unwrap(guide_site["fn"])
+        fn = guide_site["fn"]
+        base_q, q_dims = (fn.base_dist, fn.reinterpreted_batch_ndims) if type(fn) in _INDEPENDENT else (fn, 0)
         flat = getattr(base_q, "flat", None)
         if flat is None:
             continue
         site = model_trace.nodes.get(name)
         if site is None or site["is_observed"] or site["mask"] is not None or guide_site["mask"] is not None:
             return None
-        base_p, p_dims = _unwrap(site["fn"])
-        if (type(base_p).log_prob not in _NORMAL_LOG_PROBS or q_dims != p_dims or q_dims != base_q.loc.dim()
+        fn = site["fn"]
+        base_p, p_dims = (fn.base_dist, fn.reinterpreted_batch_ndims) if type(fn) in _INDEPENDENT else (fn, 0)
+        if (type(base_p).log_prob not in _NORMAL_LOG_PROBS or q_dims != p_dims or q_dims != base_q.loc.ndim
                 or base_p.loc.requires_grad or base_p.scale.requires_grad):
             return None
         if moments is None:
             moments, scale = flat[0], guide_site["scale"]
-        elif flat[0] is not moments or not _same_scale(guide_site["scale"], scale):
+        elif flat[0] is not moments or (guide_site["scale"] is not scale and not _same_scale(guide_site["scale"], scale)):
             return None
         priors[name] = (base_p.loc, base_p.scale)
         base_q.kl_used = True
@@ -111,11 +116,3 @@ def _same_scale(a, b) -> bool:
     # comparing their values would wait for the device.
     return a is b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)
 
-
-def _unwrap(fn):
-    """``(base distribution, reinterpreted dims)`` of an ``Independent`` (or ``(fn, 0)``). By type,
-    not ``isinstance``: Pyro's distribution classes have an ABC metaclass, whose isinstance is a
-    Python call, and this runs at every site of every step."""
-    if type(fn) in _INDEPENDENT:
-        return fn.base_dist, fn.reinterpreted_batch_ndims
-    return fn, 0

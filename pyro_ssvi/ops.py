@@ -50,8 +50,10 @@ _conv2d_effect = effectful(_conv2d, type=CONV2D)
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """``input [.., in] @ weight [out, in].T + bias [out] -> [.., out]``, effectful."""
     handler = getattr(weight, "ssvi_lrt", None)
-    if handler is not None and handler.registered(weight):
-        return handler.compute(F.linear, input, weight, bias)
+    if handler is not None:  # compute() is None for a weight its messenger did not see in this run
+        out = handler.compute(F.linear, input, weight, bias)
+        if out is not None:
+            return out
     return _linear_effect(input, weight, bias)
 
 
@@ -59,6 +61,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
            groups: int = 1) -> Tensor:
     """``conv2d(input [B, C, H, W], weight [O, C/groups, kh, kw], bias, stride, padding, dilation, groups)``, effectful."""
     handler = getattr(weight, "ssvi_lrt", None)
-    if handler is not None and handler.registered(weight):
-        return handler.compute(F.conv2d, input, weight, bias, stride, padding, dilation, groups)
+    if handler is not None:
+        out = handler.compute(F.conv2d, input, weight, bias, stride, padding, dilation, groups)
+        if out is not None:
+            return out
     return _conv2d_effect(input, weight, bias, stride, padding, dilation, groups)

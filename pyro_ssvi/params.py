@@ -27,10 +27,9 @@ torch-optimizer fast path).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import weakref
-from typing import Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import pyro
 import torch
@@ -63,14 +62,16 @@ def announcing() -> bool:
     return _QUIET == 0
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """No ``pyro.param`` statements from pyro_ssvi's modules inside (the store is still kept in sync)."""
-    global _QUIET
-    _QUIET += 1
-    try:
-        yield
-    finally:
+class quiet:
+    """``with quiet():`` no ``pyro.param`` statements from pyro_ssvi's modules inside (the store
+    is still kept in sync). A class, not a generator context manager: entered at every step."""
+
+    def __enter__(self) -> None:
+        global _QUIET
+        _QUIET += 1
+
+    def __exit__(self, *exc) -> None:
+        global _QUIET
         _QUIET -= 1
 
 

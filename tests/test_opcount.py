@@ -26,10 +26,10 @@ def test_ssvi_step_launches_fewer_ops_than_plain_lrt(counts):
     assert counts["a"]["compute_ops"] <= 0.75 * counts["d"]["compute_ops"]
 
 
-def test_python_calls_do_not_grow(counts):
-    # 1.78x plain LRT when this was written (the target of 1.5x is not reached yet: Pyro's
-    # messenger stack and per-parameter optimizer bookkeeping); a guard against regressions.
-    assert counts["a"]["python_calls"] <= 2.0 * counts["d"]["python_calls"]
+def test_python_calls_are_at_most_one_and_a_half_times_plain_lrt(counts):
+    # Issue 9's target. 1.43x when this was written (fused hot-path tracers, no per-site helper
+    # calls); the rest is Pyro's per-site message passing and the same torch optimizer as (d).
+    assert counts["a"]["python_calls"] <= 1.5 * counts["d"]["python_calls"]
 
 
 def test_steady_state_step_has_no_sync_and_surgery_reads_the_loss_once(counts):

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributions.utils import lazy_property
 
 __all__ = ["FlatLayout", "FlatMoments", "FlatPrior", "unravel"]
 
@@ -51,7 +52,9 @@ class FlatLayout:
     def prior(self, priors: Dict[str, Tuple[Tensor, Tensor]]) -> "FlatPrior":
         """The :class:`FlatPrior` of ``priors``, rebuilt only when the masks or a prior tensor
         (identity or in-place version) changed."""
-        key = (self._seen,) + tuple([(id(t), t._version) for n in self.names for t in priors[n]])
+        tensors = [t for n in self.names for t in priors[n]]
+        # map(id, ...): one call, where id() per tensor would be one per site and step.
+        key = (self._seen, tuple(map(id, tensors)), tuple([t._version for t in tensors]))
         if self._prior is None or self._prior[0] != key:
             self._prior = (key, FlatPrior(self, priors), priors)  # priors kept: their ids stay unique
         return self._prior[1]
@@ -59,11 +62,9 @@ class FlatLayout:
     def split(self, flat: Tensor) -> List[Tensor]:
         """Per-site views of a ``[D]`` tensor, in the sites' shapes (channels_last strides for
         the sites whose masks are channels_last, so convolutions get the layout they expect)."""
-        views = []
-        for o, n, s, nhwc in zip(self.offsets, self.numels, self.shapes, self.nhwc):
-            part = flat[o:o + n]
-            views.append(part.view(s[0], s[2], s[3], s[1]).permute(0, 3, 1, 2) if nhwc else part.view(s))
-        return views
+        # A comprehension, not a loop of appends: this runs several times a step, once per site.
+        return [flat[o:o + n].view(s[0], s[2], s[3], s[1]).permute(0, 3, 1, 2) if nhwc else flat[o:o + n].view(s)
+                for o, n, s, nhwc in zip(self.offsets, self.numels, self.shapes, self.nhwc)]
 
     def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
         """``[D]``: per-site tensors concatenated in the order :meth:`split` undoes (a view, not a
@@ -105,9 +106,13 @@ class FlatMoments:
         indicator = layout.indicator
         self.mean = self.loc * indicator
         self.variance = self.sigma.square() * indicator
-        self.sigma_views = layout.split(self.sigma)
         self.mean_views = layout.split(self.mean)
         self.variance_views = layout.split(self.variance)
+
+    @lazy_property
+    def sigma_views(self) -> List[Tensor]:
+        """Per-site views of ``sigma`` (made on first use: local reparameterization and the flat KL need none)."""
+        return self.layout.split(self.sigma)
 
     def kl(self, priors: Dict[str, Tuple[Tensor, Tensor]]) -> Tensor:
         """``sum over active entries of KL(N(mean, sigma^2) || N(prior loc, prior scale^2))`` (nats, 0-dim).

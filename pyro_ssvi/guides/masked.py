@@ -154,6 +154,7 @@ class MaskedAutoNormal(PosteriorSummaries, ParamStorePersistence, AutoGuide):
         # accumulator alive, which on CUDA ties them to the default stream and breaks a graph capture.
         with torch.no_grad():
             super()._setup_prototype(*args, **kwargs)
+        self.__dict__.pop("_active_index_getters", None)  # per site, in the order of the sites found now
         weights, latents = [], []
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             check_continuous(name, site)
@@ -270,13 +271,17 @@ class MaskedAutoNormal(PosteriorSummaries, ParamStorePersistence, AutoGuide):
             store[name] = cached
         return cached[2]
 
-    def _active_getter(self, name: str):
-        """A zero-argument function returning :meth:`site_active_index` (MaskedNormal asks only
-        when a registered KL needs the active entries), or None for a dense site; made once."""
-        getters = self.__dict__.setdefault("_active_getters", {})
-        if name not in getters:
-            getters[name] = functools.partial(self.site_active_index, name) if self._sites[name].sparse else None
-        return getters[name]
+    def _active_getters(self) -> tuple:
+        """Per weight site, in order: a zero-argument function returning :meth:`site_active_index`
+        (MaskedNormal asks only when a registered KL needs the active entries), or None for a
+        dense site; made once (after set-up)."""
+        getters = self.__dict__.get("_active_index_getters")
+        if getters is None:
+            getters = self.__dict__["_active_index_getters"] = tuple(
+                functools.partial(self.site_active_index, name) if info.sparse else None
+                for name, info in self._sites.items()
+            )
+        return getters
 
     def site_active_index(self, name: str) -> Optional[Tuple[Tensor, ...]]:
         """Per-dimension indices of a sparse site's active entries (None for a dense site).
@@ -349,12 +354,12 @@ class MaskedAutoNormal(PosteriorSummaries, ParamStorePersistence, AutoGuide):
         else:  # SSVI's fast path: our own tensors, one softplus for all sites
             locs = [self._modules["locs"]._parameters[k] for k in keys]
             moments = FlatMoments(layout, locs, rhos=[self._modules["rhos"]._parameters[k] for k in keys])
-        indicators = layout.indicator_views
+        indicators, active = layout.indicator_views, self._active_getters()
         values = {}
         for i, (name, info) in enumerate(self._sites.items()):
-            q = MaskedNormal.from_moments(
-                locs[i], moments.sigma_views[i], masks[i], indicators[i], moments.mean_views[i],
-                moments.variance_views[i], flat=(moments, name), active=self._active_getter(name),
+            q = MaskedNormal.from_moments(  # scale None: made from the flat sigmas if anything asks
+                locs[i], None, masks[i], indicators[i], moments.mean_views[i],
+                moments.variance_views[i], flat=(moments, name), active=active[i],
             )
             value = pyro.sample(name, q.to_event(info.event_dim) if info.event_dim else q)
             # The draw carries its distribution: local reparameterization reads (mean, variance)

@@ -124,5 +124,5 @@ class ParamStorePersistence:
         strip_unconstrained_refs(self.parameters())
         state = super().__getstate__()
         state["_last_draws"] = {}
-        state.pop("_active_getters", None)  # bound to this object; remade on demand
+        state.pop("_active_index_getters", None)  # bound to this object; remade on demand
         return state

@@ -135,7 +135,7 @@ class LRTMessenger(Messenger):
         if weight_moments is None:
             return None  # not a guide-covered weight: the plain op runs
         w_mean, w_var = weight_moments
-        bias_moments = self._moments(bias)
+        bias_moments = None if bias is None else self._moments(bias)
         if bias_moments is None:
             b_mean, b_var = bias, None
         else:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Set
 
 import torch
-from pyro.distributions import Independent
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from torch.utils._pytree import tree_flatten
@@ -70,6 +69,6 @@ class SkipDrawsMessenger(Messenger):
         if msg["is_observed"] or msg["value"] is not None or name not in self.guide.sites or name in self.needs_draws:
             return
         fn = msg["fn"]
-        base = fn.base_dist if isinstance(fn, Independent) else fn
-        like = base.loc  # not .mean: that would compute a kernel for nothing
-        msg["value"] = SkippedDraw(fn.shape(), like.dtype, like.device, name)
+        like = getattr(fn, "base_dist", fn).loc  # not .mean: that would compute a kernel for nothing
+        # fn.shape(), read without its three Python calls (a cost at every site of every step).
+        msg["value"] = SkippedDraw(fn._batch_shape + fn._event_shape, like.dtype, like.device, name)
