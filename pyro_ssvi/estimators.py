@@ -21,7 +21,9 @@ from torch import Tensor
 from .errors import SSVIConfigError
 from .objective import mean_field_loss, mean_field_loss_of_traces
 
-__all__ = ["TracedMeanFieldLoss", "backward_mean_field_loss", "check_supported", "eager_twin", "is_lean", "reset_compiled"]
+__all__ = [
+    "TracedMeanFieldLoss", "backward_mean_field_loss", "check_supported", "eager_twin", "is_lean", "reset_compiled",
+]
 
 
 def is_lean(elbo: ELBO) -> bool:

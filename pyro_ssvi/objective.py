@@ -102,7 +102,7 @@ def _flat_kl_sites(model_trace, guide_trace) -> Optional[Tuple[FlatMoments, floa
             return None
         if moments is None:
             moments, scale = flat[0], guide_site["scale"]
-        elif flat[0] is not moments or (guide_site["scale"] is not scale and not _same_scale(guide_site["scale"], scale)):
+        elif flat[0] is not moments or not (guide_site["scale"] is scale or _same_scale(guide_site["scale"], scale)):
             return None
         priors[name] = (base_p.loc, base_p.scale)
         base_q.kl_used = True

@@ -35,6 +35,7 @@ __all__ = ["PAPER_RECIPE", "SSVI"]
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: enters and exits doing nothing
 
+
 class SSVI(SVI):
     """Stochastic variational inference on a sparse subspace that changes during training.
 
@@ -193,8 +194,9 @@ class SSVI(SVI):
         # A gradient step under LRT: (model, guide, loss_and_grads); on the lean path the same
         # traces come from one fused messenger per side (handlers.fused: fewer calls per site).
         self._lrt_step = (self._model_lrt, self._guide_lrt, self.loss_and_grads)
-        if self._skip:
-            self._lrt_step = (model, guide, estimators.TracedMeanFieldLoss(FusedTraces(self._beta, self._lrt, self._skip)))
+        if self._skip is not None:
+            fused = FusedTraces(self._beta, self._lrt, self._skip)
+            self._lrt_step = (model, guide, estimators.TracedMeanFieldLoss(fused))
         # step_async's losses: finite or not, recorded on the device and read later.
         self.finite = FiniteLosses()
 

@@ -1,6 +1,7 @@
 """SSVI's fused hot-path tracers (pyro_ssvi.handlers.fused) against the handler stacks they
 replace: the same trace site for site, the same loss and the same gradients, on a classifier,
-a regression with its own noise latent, a hierarchical model with a subsampled plate, and a
+a regression with its own noise latent (guided by MaskedAutoNormal alone, and by an
+AutoGuideList with Pyro's AutoNormal), a hierarchical model with a subsampled plate, and a
 model that reads a weight draw outside the LRT ops."""
 
 import pyro
@@ -9,6 +10,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoGuideList, AutoNormal
 
 from pyro_ssvi import SSVI, MaskedAutoNormal, models, ops
 from pyro_ssvi.estimators import TracedMeanFieldLoss
@@ -58,10 +60,15 @@ def _penalized():
     return penalized, (torch.randn(6, 5), torch.randn(6))
 
 
-def _guide(model, args, name):
+def _guide(model, name):
     if name == "hierarchical":
         return MaskedAutoNormal(model, sparsity=0.4, seed=0,
                                 create_plates=lambda x, y, idx: pyro.plate("groups", 6, subsample=idx))
+    if name == "guide_list":  # the weights sparse, the noise scale from Pyro's own AutoNormal
+        guide = AutoGuideList(model)
+        guide.append(MaskedAutoNormal(poutine.block(model, expose=["w"]), sparsity=0.4, seed=0))
+        guide.append(AutoNormal(poutine.block(model, hide=["w"])))
+        return guide
     return MaskedAutoNormal(model, sparsity=0.4, seed=0)
 
 
@@ -69,7 +76,7 @@ def _svi(build, name):
     pyro.clear_param_store()
     torch.manual_seed(0)
     model, args = build()
-    guide = _guide(model, args, name)
+    guide = _guide(model, name)
     guide(*args)
     svi = SSVI(model, guide, torch.optim.SGD(guide.parameters(), lr=0.01), TraceMeanField_ELBO(),
                num_steps=100, num_data=40, kl_max=0.3, kl_warmup=0.0)
@@ -77,8 +84,8 @@ def _svi(build, name):
     return svi, args
 
 
-CASES = [("classifier", _classifier), ("regression", _regression), ("hierarchical", _hierarchical),
-         ("penalized", _penalized)]
+CASES = [("classifier", _classifier), ("regression", _regression), ("guide_list", _regression),
+         ("hierarchical", _hierarchical), ("penalized", _penalized)]
 
 
 @pytest.mark.parametrize("name,build", CASES, ids=[c[0] for c in CASES])
