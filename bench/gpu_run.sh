@@ -4,23 +4,25 @@
 # Parts, cheapest first; each has its own timeout, and none starts past the 7-minute deadline
 # (a part that fails or times out does not stop the next; a failed preflight stops everything):
 #   preflight  install the carried wheels (.whl/) into a scratch folder; import pyro_ssvi, its training
-#              app, hydra and uncertainty-calibration; check the GPU (a cold torch import: slow)  <= 60 s
+#              app, hydra and uncertainty-calibration; check the GPU (a cold torch import: slow)  <= 45 s
 #   paper      bench/throughput.py, ResNet-18 width 1, batch 128, fp32 (the paper's configuration):
-#              (a) SSVI 90% sparse, (e) the same from a CUDA graph, (d) plain LRT, (c) det.    <= 65 s
-#   fast       the same at batch 512, bf16 autocast, channels_last                               <= 70 s
+#              (a) SSVI 90% sparse, (d) plain LRT, (c) det., (e) (a) from a CUDA graph         <= 50 s
+#   fast       the same at batch 512, bf16 autocast, channels_last                               <= 50 s
+#   profile    bench/kernel_profile.py at batch 128: kernel time per step of (a) and (d), by
+#              kernel and by group (convolutions, elementwise, random, ...)                      <= 40 s
 #   train      CIFAR-10 (JPEG q75 copy) SSVI 90% with the training app (pyro_ssvi.train), as many
 #              epochs up to 10 as the paper part's SSVI step time says fit; accuracy, NLL, ECE,
 #              the paper's calibration error               >= 200 s: all that is left before the deadline
-# Estimates behind these limits: docs/benchmarks.md, "GPU session script".
+# What each part took on an H200: docs/benchmarks.md, "GPU session script".
 #
 # Device tool call (from the root of the checkout that holds .whl/ and .data/):
 #   run(command="bash bench/gpu_run.sh", carry=[".whl", ".data"], timeout_s=480)
 # A rerun of some parts:  run(command="GPU_RUN_PARTS=train GPU_RUN_EPOCHS=10 bash bench/gpu_run.sh", ...)
 # with extra overrides for the training app:  GPU_RUN_TRAIN_ARGS="train.cuda_graph=true data.limit_train=10000"
 #
-# What comes back in $OUT (6 files, each written as the run goes, so a timeout keeps what finished):
+# What comes back in $OUT (7 files, each written as the run goes, so a timeout keeps what finished):
 #   gpu_run.log    timeline: each part's start, end, rc and seconds, and a summary at the end
-#   preflight.log, paper.log, fast.log, train.log   each part's console output
+#   preflight.log, paper.log, fast.log, profile.log, train.log   each part's console output
 #   results.jsonl  one JSON object a line: {"part", "event": "start"|"end", ...} from this script;
 #                  {"bench", "config", "result"} per benchmark configuration as it finishes and
 #                  {"report"} at a benchmark's end; {"part": "train", "epoch_row"} per epoch and
@@ -54,8 +56,8 @@ case "${1:-}" in
 esac
 
 # Parts in the order they run, and their timeouts in seconds (full run, on the GPU).
-PARTS=(preflight paper fast train)
-declare -A LIMIT=([preflight]=60 [paper]=65 [fast]=70 [train]=200)
+PARTS=(preflight paper fast profile train)
+declare -A LIMIT=([preflight]=45 [paper]=50 [fast]=50 [profile]=40 [train]=200)
 BUDGET_S=420   # the whole run, all parts (7 minutes)
 KILL_GRACE_S=5 # timeout's -k: a part that ignores SIGTERM is killed this much later
 
@@ -102,16 +104,17 @@ for p in "${PARTS[@]}"; do rm -f "$OUT/$p.log"; done
 rm -rf "$SCRATCH/train"  # the training app refuses a folder that holds an earlier run
 RESULTS=$OUT/results.jsonl
 SITE=$SCRATCH/site
-WANTED=",${GPU_RUN_PARTS:-paper,fast,train},"
+WANTED=",${GPU_RUN_PARTS:-paper,fast,profile,train},"
 ARCHIVE=.data/cifar10-jpeg.tar.gz
 
 if [ "$MODE" = smoke ]; then
   DEV=cpu
-  declare -A LIMIT=([preflight]=120 [paper]=180 [fast]=180 [train]=300)
-  BUDGET_S=780
+  declare -A LIMIT=([preflight]=120 [paper]=180 [fast]=180 [profile]=120 [train]=300)
+  BUDGET_S=930
   BENCH=(--device cpu --width 0.0625 --steps 4 --warmup 1 --rounds 1 --configs ssvi,plain,det)
   PAPER=(--batch 8)
   FAST=(--batch 16 --bf16 --library-options)  # the benchmark refuses channels_last on CPU (a oneDNN crash)
+  PROFILE=(--device cpu --width 0.0625 --batch 4 --warmup 2 --steps 2)
   TRAIN=(model.width=0.0625 train.batch_size=32 eval.batch_size=128)
   EPOCHS=1
 else
@@ -123,6 +126,7 @@ else
   BENCH=(--device cuda --steps 50 --warmup 10 --block 30 --rounds 1 --configs ssvi,plain,det,graph)
   PAPER=(--batch 128)
   FAST=(--batch 512 --channels-last --bf16 --library-options)
+  PROFILE=(--device cuda --batch 128 --warmup 10 --steps 5)
   read -r -a TRAIN <<< "${GPU_RUN_TRAIN_ARGS:-}"  # extra overrides, e.g. "train.cuda_graph=true data.limit_train=10000"
   EPOCHS=${GPU_RUN_EPOCHS:-}
 fi
@@ -187,6 +191,9 @@ if [[ $WANTED == *,paper,* ]]; then
 fi
 if [[ $WANTED == *,fast,* ]]; then
   part fast python3 bench/throughput.py "${BENCH[@]}" "${FAST[@]}" --jsonl "$RESULTS"
+fi
+if [[ $WANTED == *,profile,* ]]; then
+  part profile python3 bench/kernel_profile.py "${PROFILE[@]}" --jsonl "$RESULTS"
 fi
 
 if [[ $WANTED == *,train,* ]]; then

@@ -148,6 +148,10 @@ def summary(results: Path) -> int:
                       f"(median step {res['step']['median_ms']:.1f} ms)")
             else:
                 print(f"  {what:32s} {res['label']:30s} {res.get('skipped', 'no step timed')}")
+        elif "profile" in row:
+            r = row["result"]
+            print(f"  {row['profile']['config']:6s} {r['device_ms_per_step']:.2f} ms/step of {r['time_kind']}, "
+                  f"{r['events_per_step']:.0f} events/step; by group (ms): {r['groups']}")
         elif "report" in row:
             ratios = {k: round(v, 3) for k, v in (row["report"].get("ratios") or {}).items() if v is not None}
             piped = {k: round(v["pipelined"]["images_per_s"]) for k, v in row["report"]["results"].items()

@@ -38,7 +38,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from report import write_json_atomic  # noqa: E402  (bench/ is not a package)
-from runners import RunOptions, deterministic_runner, plain_lrt_runner, ssvi_runner  # noqa: E402
+from runners import (  # noqa: E402
+    RunOptions,
+    deterministic_runner,
+    plain_lrt_runner,
+    ssvi_runner,
+    synthetic_batches,
+)
 
 from pyro_ssvi.sync_check import SYNC_OPS  # noqa: E402
 
@@ -120,17 +126,10 @@ def count_step(step: Callable[[], None]) -> Dict[str, object]:
     }
 
 
-def _batches(opts: RunOptions, batch: int, count: int):
-    g = torch.Generator().manual_seed(opts.seed)
-    x = torch.randn(batch * count, 3, 32, 32, generator=g)
-    y = torch.randint(0, opts.num_classes, (batch * count,), generator=g)
-    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, batch * count, batch)]
-
-
 def measure(width: float = 1.0, batch: int = 128, warmup: int = 2, configs: str = "a,b,c,d,s") -> Dict[str, dict]:
     """``{config: counts}`` for the configurations named in ``configs``."""
     opts = RunOptions(device=torch.device("cpu"), width=width, surgery_interval=10**6)
-    batches = _batches(opts, batch, 2)
+    batches = synthetic_batches(batch, 2, opts.num_classes, opts.seed)
     results: Dict[str, dict] = {}
     wanted = configs.split(",")
     builders = {

@@ -93,6 +93,16 @@ def _check_layout(opts: RunOptions) -> None:
         raise UnsupportedOption(problem)
 
 
+def synthetic_batches(batch: int, count: int, num_classes: int = 10, seed: int = 0,
+                      device: torch.device = torch.device("cpu")) -> List[Tuple[Tensor, Tensor]]:
+    """``count`` batches ``(x [batch, 3, 32, 32] N(0, 1) images, y [batch] uniform labels)`` on
+    ``device``: the benchmarks time the model, not a loader."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch * count, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, num_classes, (batch * count,), generator=g).to(device)
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, batch * count, batch)]
+
+
 def _layout(batches, opts: RunOptions):
     if not opts.channels_last:
         return batches

@@ -50,6 +50,7 @@ from runners import (  # noqa: E402
     deterministic_runner,
     plain_lrt_runner,
     ssvi_runner,
+    synthetic_batches,
 )
 
 
@@ -130,18 +131,15 @@ def make_batches(args, device: torch.device):
     with ``{"x": [N, 3, H, W], "y": [N]}``; uint8 images are scaled to [0, 1]). The benchmark times
     the model, not the loader: every batch is already on the device.
     """
+    if not args.data:
+        return synthetic_batches(args.batch, args.num_batches, args.num_classes, args.seed, device)
     n = args.batch * args.num_batches
-    g = torch.Generator().manual_seed(args.seed)
-    if args.data:
-        blob = torch.load(args.data, map_location="cpu")
-        x, y = blob["x"][:n], blob["y"][:n].long()
-        if len(x) < n:
-            raise SystemExit(f"--data has {len(x)} images, need batch * num_batches = {n}")
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-    else:
-        x = torch.randn(n, 3, 32, 32, generator=g)
-        y = torch.randint(0, args.num_classes, (n,), generator=g)
-    x, y = x.to(device), y.to(device)
+    blob = torch.load(args.data, map_location="cpu")
+    x, y = blob["x"][:n], blob["y"][:n].long()
+    if len(x) < n:
+        raise SystemExit(f"--data has {len(x)} images, need batch * num_batches = {n}")
+    x = (x.float() / 255 if x.dtype == torch.uint8 else x.float()).to(device)
+    y = y.to(device)
     return [(x[i : i + args.batch], y[i : i + args.batch]) for i in range(0, n, args.batch)]
 
 

@@ -107,3 +107,29 @@ def test_kl_cost_benchmark_measures_both_forms():
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout
     assert "dense-masked" in out and "active-only" in out and "active-only / dense-masked" in out
+
+
+def test_kernel_profile_groups_and_reports_both_configurations(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import kernel_profile
+
+    # Kernel names as CUDA profiles show them.
+    assert kernel_profile.group_of("sm90_xmma_fprop_implicit_gemm_tf32f32_tf32f32_f32_nhwckrsc_nchw") == "conv / matmul"
+    assert kernel_profile.group_of("void cudnn::bn_fw_tr_1C11_kernel_NCHW<float, float, int, 512>") == "normalization"
+    assert kernel_profile.group_of("void at::native::batch_norm_collect_statistics_kernel<float>") == "normalization"
+    assert kernel_profile.group_of("void at::native::(anonymous namespace)::distribution_elementwise_grid_stride_"
+                                   "kernel<float, 4, at::native::templates::cuda::normal_and_transform<...> "
+                                   "philox") == "random"
+    assert kernel_profile.group_of("void at::native::multi_tensor_apply_kernel<...>") == "optimizer"
+    assert kernel_profile.group_of("void at::native::vectorized_elementwise_kernel<4, sqrt_kernel_cuda>") == "elementwise"
+
+    out = tmp_path / "profile.jsonl"
+    reports = kernel_profile.main(["--device", "cpu", "--width", "0.0625", "--batch", "2", "--warmup", "1",
+                                   "--steps", "2", "--jsonl", str(out)])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["profile"]["config"] for row in lines] == ["ssvi", "plain"]
+    for key, r in reports.items():
+        assert r["device_ms_per_step"] > 0 and r["events_per_step"] > 0
+        assert sum(r["groups"].values()) == pytest.approx(r["device_ms_per_step"], rel=1e-3)
+        assert r["groups"]["conv / matmul"] > 0  # ResNet-18's convolutions, forward and backward
+        assert r["top"][0]["ms_per_step"] >= r["top"][-1]["ms_per_step"]

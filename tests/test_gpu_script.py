@@ -28,7 +28,7 @@ def test_parts_run_cheapest_first_within_the_budget():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line.split() for line in proc.stdout.splitlines()]
     parts = [(name, int(t)) for name, t in lines[:-1]]
-    assert [name for name, _ in parts] == ["preflight", "paper", "fast", "train"]
+    assert [name for name, _ in parts] == ["preflight", "paper", "fast", "profile", "train"]
     _, total, _, budget = lines[-1]
     # Each part may run its timeout plus timeout's kill grace (5 s); all of it within 7 minutes.
     assert int(total) == sum(t + 5 for _, t in parts)

@@ -11,7 +11,7 @@ from pyro_ssvi.sync_check import fail_on_sync
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 
 import opcount  # noqa: E402
-from runners import RunOptions, ssvi_runner  # noqa: E402
+from runners import RunOptions, ssvi_runner, synthetic_batches  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_steady_state_steps_are_sync_free_and_keep_their_storage():
     """What capturing the step in a CUDA graph needs: no sync, and every parameter, gradient,
     optimizer buffer and mask stays in the same memory from one step to the next."""
     opts = RunOptions(device=torch.device("cpu"), width=0.0625, surgery_interval=10**6)
-    runner = ssvi_runner("a", 0.9, opcount._batches(opts, 2, 2), opts)
+    runner = ssvi_runner("a", 0.9, synthetic_batches(2, 2), opts)
     svi = runner.svi
     for _ in range(3):
         runner.step()
