@@ -9,8 +9,8 @@ Configurations (all CIFAR ResNet-18 at the same width, batch and data):
     (d) plain   plain-PyTorch LRT ResNet-18 (bench/plain_lrt.py), masks at --sparsity
 
 Reported per configuration: images/s (batch / median step time), step time median, IQR and
-p10-p90 in ms, peak memory (CUDA max_memory_allocated, or the process's peak RSS on CPU, reset
-per configuration through /proc/self/clear_refs), and the step-time ratios (a)/(d), (b)/(d),
+p10-p90 in ms, peak memory over the timed steps (CUDA max_memory_allocated, or the process's
+peak RSS on CPU, reset after the warm-up through /proc/self/clear_refs), and the step-time ratios (a)/(d), (b)/(d),
 (c)/(d). Warm-up steps are excluded; on CUDA each step is bracketed by synchronize().
 
 Surgery cost: (a) runs with ΔT = --surgery-interval so that a short run contains update steps;
@@ -147,11 +147,14 @@ def make_batches(args, device: torch.device):
 def _turn(key, runner, r, per_round, args, device, normal, update, normal_cpu, peak) -> None:
     """One runner's share of round ``r``: warm-up (first round only), then timed steps."""
     _sync(device)
-    _reset_peak(device)
     warm = args.warmup if r == 0 else 0
     for _ in range(warm):  # includes one-time costs (allocator, kernels, first trace)
         runner.step()
     _sync(device)
+    # After the warm-up: the peak of training steps, not of one-time work such as cuDNN's
+    # autotuning (the likely reason why (a), timed first, once peaked 1.8x above (e), its own
+    # step replayed from a CUDA graph, at batch 128 on an H200).
+    _reset_peak(device)
     todo = min(per_round, args.steps - r * per_round)
     for _ in range(max(0, todo)):
         is_update = runner.is_update_step()
