@@ -21,7 +21,7 @@ import argparse
 import collections
 import os
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -89,7 +89,7 @@ def profile_steps(runner, steps: int, device: torch.device, top: int) -> Dict[st
     }
 
 
-def main(argv: List[str] = None) -> Dict[str, dict]:
+def main(argv: Optional[List[str]] = None) -> Dict[str, dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--width", type=float, default=1.0)
